@@ -1,0 +1,36 @@
+"""Start or join the Ray cluster the driver runs on, with the settings this project needs on every machine."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Keep a local cluster on loopback, never ask for auth tokens, never phone home.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, object_store_bytes: int,
+             env_vars: dict[str, str] | None = None) -> None:
+    """Join `address` (a running cluster, e.g. under `ray job submit`) or start a local one."""
+    if ray.is_initialized():
+        return
+    for k, v in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    runtime_env = {"env_vars": dict(env_vars or {})}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        object_store_memory=object_store_bytes,
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+    )

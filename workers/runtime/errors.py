@@ -1,0 +1,21 @@
+"""Errors that reach the driver from a worker group, always naming role and rank."""
+from __future__ import annotations
+
+
+class WorkerError(RuntimeError):
+    """A worker raised, or its process died, during a call."""
+
+    def __init__(self, role: str, rank: int, method: str, cause: str):
+        self.role, self.rank, self.method, self.cause = role, rank, method, cause
+        super().__init__(f"{role} rank {rank} failed in {method}(): {cause}")
+
+
+class WorkerTimeout(TimeoutError):
+    """A call did not finish in its time budget; names the ranks still running."""
+
+    def __init__(self, role: str, method: str, pending_ranks: list[int], timeout_s: float):
+        self.role, self.method, self.pending_ranks = role, method, pending_ranks
+        super().__init__(
+            f"{role}.{method}() did not finish within {timeout_s:.0f}s; "
+            f"still running on rank(s) {pending_ranks}"
+        )

@@ -1,0 +1,194 @@
+"""Driver-side handle on the ranks of one role: fans calls out by dispatch mode, collects with a deadline.
+
+Every wait is bounded: a rank that raises or dies surfaces as `WorkerError` naming role and rank
+as soon as Ray notices, even while the other ranks are stuck in a collective with it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from workers.batch import Batch
+from workers.runtime.dispatch import Dispatch, MethodSpec, registered_methods
+from workers.runtime.errors import WorkerError, WorkerTimeout
+from workers.runtime.host import WorkerHost
+from workers.runtime.resource_pool import ResourcePool
+
+_POLL_S = 1.0  # how often a long wait wakes to notice dead ranks
+
+
+def _cause(err: Exception) -> str:
+    if isinstance(err, RayActorError):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"worker process died ({type(err).__name__}: {first})"
+    if isinstance(err, RayTaskError):
+        inner = getattr(err, "cause", None)
+        return str(inner) if inner is not None else str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def gather(refs: list, ranks: list[int], role: str, method: str, timeout_s: float) -> dict[int, Any]:
+    """Wait for per-rank results; raise on the first failure or when the deadline passes."""
+    pending = dict(zip(refs, ranks))
+    results: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WorkerTimeout(role, method, sorted(pending.values()), timeout_s)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(remaining, _POLL_S))
+        for ref in ready:
+            rank = pending.pop(ref)
+            try:
+                results[rank] = ray.get(ref, timeout=max(1.0, remaining))
+            except GetTimeoutError:
+                raise WorkerTimeout(role, method, [rank], timeout_s) from None
+            except (RayActorError, RayTaskError) as e:
+                raise WorkerError(role, rank, method, _cause(e)) from None
+    return results
+
+
+class PendingCall:
+    """A call in flight. `result()` collects it; passing it as an argument to another group call chains it."""
+
+    def __init__(self, refs: list, ranks: list[int], role: str, method: str,
+                 collect: Callable[[list[Any]], Any], timeout_s: float):
+        self._refs, self._ranks, self._collect = refs, ranks, collect
+        self.role, self.method, self.timeout_s = role, method, timeout_s
+        self._done, self._value = False, None
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        if not self._done:
+            got = gather(self._refs, self._ranks, self.role, self.method, timeout_s or self.timeout_s)
+            self._value = self._collect([got[r] for r in self._ranks])
+            self._done = True
+        return self._value
+
+
+def _resolve(value: Any) -> Any:
+    return value.result() if isinstance(value, PendingCall) else value
+
+
+class WorkerGroup:
+    """All ranks of one role. Each `@register`ed method of the role class becomes a method here."""
+
+    def __init__(self, role: str, role_cls: type, hosts: list, timeout_s: float):
+        self.role, self.role_cls, self.hosts, self.timeout_s = role, role_cls, hosts, timeout_s
+        self._specs = registered_methods(role_cls)
+        self._mesh: list[dict] | None = None
+        for name, spec in self._specs.items():
+            setattr(self, name, self._bind(name, spec))
+
+    @property
+    def world_size(self) -> int:
+        return len(self.hosts)
+
+    def _bind(self, name: str, spec: MethodSpec) -> Callable:
+        def call(*args, **kwargs):
+            pending = self.call_async(name, *args, **kwargs)
+            return pending.result() if spec.blocking else pending
+
+        call.__name__ = name
+        call.__doc__ = getattr(self.role_cls, name).__doc__
+        return call
+
+    def call_async(self, method: str, *args, **kwargs) -> PendingCall:
+        """Launch `method` on the ranks its dispatch mode selects; returns without waiting."""
+        if method not in self._specs:
+            raise AttributeError(f"{self.role_cls.__name__}.{method} is not a @register'ed worker method")
+        args = tuple(_resolve(a) for a in args)
+        kwargs = {k: _resolve(v) for k, v in kwargs.items()}
+        mode = self._specs[method].dispatch
+        if mode is Dispatch.ONE_TO_ALL:
+            return self._launch(method, list(range(self.world_size)), [(args, kwargs)] * self.world_size, list)
+        if mode is Dispatch.RANK_ZERO:
+            return self._launch(method, [0], [(args, kwargs)], lambda results: results[0])
+        if mode is Dispatch.DP:
+            dp_of_rank = list(range(self.world_size))
+            return self._launch_dp(method, args, kwargs, dp_of_rank, list(range(self.world_size)))
+        if mode is Dispatch.DP_MESH:
+            mesh = self.mesh()
+            collect_ranks = sorted((r for r, m in enumerate(mesh) if m["collect"]), key=lambda r: mesh[r]["dp_rank"])
+            return self._launch_dp(method, args, kwargs, [m["dp_rank"] for m in mesh], collect_ranks)
+        raise ValueError(f"unknown dispatch mode {mode}")
+
+    def mesh(self) -> list[dict]:
+        """Each rank's (dp_rank, dp_size, collect), asked once."""
+        if self._mesh is None:
+            self._mesh = self.call_async("mesh_info").result()
+        return self._mesh
+
+    def _launch(self, method: str, ranks: list[int], per_rank: list[tuple[tuple, dict]],
+                collect: Callable[[list[Any]], Any]) -> PendingCall:
+        refs = [self.hosts[r].call.remote(self.role, method, a, kw) for r, (a, kw) in zip(ranks, per_rank)]
+        return PendingCall(refs, ranks, self.role, method, collect, self.timeout_s)
+
+    def _launch_dp(self, method: str, args: tuple, kwargs: dict, dp_of_rank: list[int],
+                   collect_ranks: list[int]) -> PendingCall:
+        dp_size = max(dp_of_rank) + 1
+        batches = [a for a in (*args, *kwargs.values()) if isinstance(a, Batch)]
+        if not batches:
+            raise TypeError(f"{self.role}.{method}() is data-parallel but got no Batch argument")
+        pad = batches[0].pad_to_divisor(dp_size)[1]
+
+        def split(value: Any) -> list[Any]:
+            if not isinstance(value, Batch):
+                return [value] * dp_size
+            if len(value) != len(batches[0]):
+                raise ValueError(f"{self.role}.{method}(): Batch arguments differ in length")
+            return value.pad_to_divisor(dp_size)[0].chunk(dp_size)
+
+        arg_chunks = [split(a) for a in args]
+        kw_chunks = {k: split(v) for k, v in kwargs.items()}
+        per_rank = [
+            (tuple(c[dp] for c in arg_chunks), {k: c[dp] for k, c in kw_chunks.items()}) for dp in dp_of_rank
+        ]
+        all_ranks = list(range(self.world_size))
+        refs = [self.hosts[r].call.remote(self.role, method, a, kw) for r, (a, kw) in zip(all_ranks, per_rank)]
+        # every rank runs (collectives need them all); only collect ranks' outputs are kept
+        collect_refs = [refs[r] for r in collect_ranks]
+        other = [(ref, r) for r, ref in enumerate(refs) if r not in collect_ranks]
+
+        def collect(results: list[Any]) -> Any:
+            if other:  # wait for the non-collecting ranks too, so failures there are not lost
+                gather([ref for ref, _ in other], [r for _, r in other], self.role, method, self.timeout_s)
+            if all(isinstance(r, Batch) for r in results):
+                return Batch.concat(results).unpad(pad)
+            return results
+
+        return PendingCall(collect_refs, collect_ranks, self.role, method, collect, self.timeout_s)
+
+    def shutdown(self) -> None:
+        for h in self.hosts:
+            ray.kill(h, no_restart=True)
+
+
+def spawn_colocated(pool: ResourcePool, roles: dict[str, tuple[type, dict]], *, timeout_s: float,
+                    init_timeout_s: float, env: dict[str, str] | None = None) -> dict[str, WorkerGroup]:
+    """One host actor per bundle of `pool`, each hosting every role in `roles` (constructed in order)."""
+    pool.create()
+    host_cls = ray.remote(WorkerHost)
+    hosts = []
+    for rank, (pg, bundle, local_rank) in enumerate(pool.slots()):
+        hosts.append(host_cls.options(
+            num_cpus=pool.cpus_per_worker,
+            num_gpus=1 if pool.use_gpu else 0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
+        ).remote(rank, pool.world_size, local_rank, pool.use_gpu, dict(env or {})))
+    label = "+".join(roles)
+    ranks = list(range(len(hosts)))
+    try:
+        addr, port = gather([hosts[0].address.remote()], [0], label, "address", init_timeout_s)[0]
+        gather([h.init_distributed.remote(addr, port, init_timeout_s) for h in hosts], ranks, label,
+               "init_distributed", init_timeout_s)
+        for role, (cls, kwargs) in roles.items():
+            gather([h.add_role.remote(role, cls, kwargs) for h in hosts], ranks, role, "__init__", init_timeout_s)
+    except Exception:
+        for h in hosts:
+            ray.kill(h, no_restart=True)
+        raise
+    return {role: WorkerGroup(role, cls, hosts, timeout_s) for role, (cls, _) in roles.items()}
