@@ -1,5 +1,88 @@
-"""Command-line entry point `baton` (placeholder until the CLI lands)."""
+"""`baton` command line: train, sft, run-default, bench. Config overrides are Hydra-style `key=value`."""
+from __future__ import annotations
+
+import sys
+
+from omegaconf import OmegaConf
+
+from orchestrator.config import ConfigError, compose_config, list_groups, validate_config
+
+USAGE = """usage: baton <command> [options] [key=value ...]
+
+commands:
+  train        RL training (default: GRPO on the built-in arithmetic task)
+  sft          supervised warm start on the task's worked solutions
+  run-default  what `make run` does: sft (cached) then train
+  bench        benchmarks: `baton bench rollout` | `baton bench sync`
+
+train/sft options:
+  --cfg job    print the composed config and exit
+  --help       list config groups and options
+"""
 
 
-def main() -> None:
-    raise SystemExit("baton: CLI not implemented yet")
+def _print_help(command: str) -> None:
+    print(f"usage: baton {command} [--cfg job] [group=option ...] [key=value ...]\n")
+    print("== Configuration groups ==")
+    for group, options in list_groups().items():
+        print(f"  {group}: {', '.join(options)}")
+    print("\nExamples:\n  baton train algorithm=dapo\n  baton train preset=smoke rollout=vllm\n"
+          "  baton train --cfg job algorithm=ppo trainer.total_steps=10")
+
+
+def _config(command: str, argv: list[str]):
+    """Parse `--cfg job` / `--help`, compose and validate; None when the command is done already."""
+    if "--help" in argv or "-h" in argv:
+        _print_help(command)
+        return None
+    print_only = False
+    if "--cfg" in argv:
+        i = argv.index("--cfg")
+        if argv[i + 1:i + 2] != ["job"]:
+            raise SystemExit("baton: only `--cfg job` is supported")
+        print_only = True
+        argv = argv[:i] + argv[i + 2:]
+    cfg = compose_config(argv)
+    validate_config(cfg, check_files=False)
+    if print_only:
+        print(OmegaConf.to_yaml(cfg), end="")
+        return None
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "bench":
+            from orchestrator.bench.cli import bench_main
+
+            bench_main(rest)
+            return
+        if command not in ("train", "sft", "run-default"):
+            raise SystemExit(f"baton: unknown command '{command}'\n\n{USAGE}")
+        cfg = _config(command, rest)
+        if cfg is None:
+            return
+        if command == "train":
+            from orchestrator.entry import train
+
+            train(cfg)
+        elif command == "sft":
+            from orchestrator.entry import sft
+
+            sft(cfg)
+        else:
+            from orchestrator.entry import run_default
+
+            run_default(cfg)
+    except ConfigError as err:
+        print(f"baton: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The typed shape of a Baton config. Values come from YAML in `configs/` only (no defaults here):
+every field is MISSING until a YAML file sets it, so a forgotten default is an error, not a guess."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TrainerConfig:
+    experiment_name: str = MISSING  # names the run's output directory
+    output_dir: str = MISSING  # where checkpoints, metrics.jsonl, tensorboard, plots and summary.json go
+    cache_dir: str = MISSING  # shared cache (warm-start checkpoint, generated task data)
+    total_steps: int = MISSING  # RL steps (one step = one batch of prompts)
+    val_every: int = MISSING  # validate on the test split every N steps (0: only before and after)
+    save_every: int = MISSING  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = MISSING  # how many step checkpoints to keep
+    resume: bool = MISSING  # continue from output_dir/checkpoints/latest if present
+    seed: int = MISSING
+    loggers: list[str] = MISSING  # jsonl, tensorboard, console
+    progress_bar: bool = MISSING
+    torch_threads: int = MISSING  # torch threads in the driver process (workers: 1 per CPU slot)
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = MISSING  # parquet files; empty: the task writes its own
+    val_files: list[str] = MISSING
+    prompt_key: str = MISSING
+    answer_key: str = MISSING
+    train_batch_size: int = MISSING  # prompts per step
+    val_size: int = MISSING  # prompts used for validation (0: all)
+    max_prompt_length: int = MISSING  # tokens
+    on_overlong: str = MISSING  # error | drop
+    shuffle: bool = MISSING
+
+
+@dataclass
+class TinyModelConfig:
+    arch: str = MISSING  # qwen2 | llama
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    num_kv_heads: int = MISSING
+    intermediate_size: int = MISSING
+    max_position_embeddings: int = MISSING
+    tie_word_embeddings: bool = MISSING
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = MISSING  # HF checkpoint dir (AutoModelForCausalLM); the RL run starts from it
+    dtype: str = MISSING  # float32 | bfloat16 (parameter dtype of the training engine)
+    gradient_checkpointing: bool = MISSING
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # what `baton sft` builds when it starts from scratch
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    weight_decay: float = MISSING
+    eps: float = MISSING
+    warmup_steps: int = MISSING
+    schedule: str = MISSING  # constant | cosine
+    min_lr_ratio: float = MISSING
+    grad_clip: float = MISSING
+
+
+@dataclass
+class PolicyLossConfig:
+    name: str = MISSING  # registry key: ppo | cispo | gspo | reinforce
+    clip_ratio_low: float = MISSING
+    clip_ratio_high: float = MISSING
+    dual_clip_c: Optional[float] = MISSING  # null disables dual-clip
+
+
+@dataclass
+class ActorConfig:
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ppo_mini_batch_size: int = MISSING  # prompts per optimizer step (x rollout.n rows)
+    ppo_epochs: int = MISSING
+    micro_batch_size: int = MISSING  # rows per forward/backward on one rank
+    log_prob_micro_batch_size: int = MISSING
+    policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    loss_agg_mode: str = MISSING  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
+    entropy_coeff: float = MISSING
+    use_kl_loss: bool = MISSING
+    kl_loss_coef: float = MISSING
+    kl_loss_type: str = MISSING  # k1 | k2 | k3 | abs
+    shuffle_mini_batches: bool = MISSING
+
+
+@dataclass
+class VLLMConfig:
+    kv_cache_bytes: int = MISSING
+    gpu_memory_utilization: float = MISSING
+    enforce_eager: bool = MISSING
+    sleep_level: int = MISSING
+
+
+@dataclass
+class RolloutConfig:
+    name: str = MISSING  # builtin | vllm
+    n: int = MISSING  # samples per prompt
+    temperature: float = MISSING
+    top_p: float = MISSING
+    top_k: int = MISSING  # -1 disables
+    max_new_tokens: int = MISSING
+    val_temperature: float = MISSING  # 0: greedy validation
+    dtype: str = MISSING
+    max_batch_size: int = MISSING  # rows the engine decodes at once
+    repetition_stop_window: int = MISSING  # MiniMax-M1 early stop: K (0 disables)
+    repetition_stop_prob: float = MISSING
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+
+
+@dataclass
+class RefConfig:
+    log_prob_micro_batch_size: int = MISSING
+
+
+@dataclass
+class CriticConfig:
+    model_path: Optional[str] = MISSING  # null: start the value model from model.path
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ppo_epochs: int = MISSING
+    micro_batch_size: int = MISSING
+    cliprange_value: float = MISSING
+    warmup_steps: int = MISSING  # steps that update only the critic
+    loss_agg_mode: str = MISSING
+
+
+@dataclass
+class RewardModelConfig:
+    enable: bool = MISSING
+    path: Optional[str] = MISSING
+    weight: float = MISSING  # score = rule_weight * rule + weight * rm
+    micro_batch_size: int = MISSING
+
+
+@dataclass
+class OverlongConfig:
+    enable: bool = MISSING  # DAPO soft overlong punishment
+    buffer_len: int = MISSING
+    penalty_factor: float = MISSING
+
+
+@dataclass
+class RewardConfig:
+    rule_fn: str = MISSING  # registry key of orchestrator.rewards
+    rule_weight: float = MISSING
+    rule_kwargs: dict[str, Any] = field(default_factory=dict)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+
+
+@dataclass
+class KLControlConfig:
+    type: str = MISSING  # fixed | adaptive
+    kl_coef: float = MISSING
+    target_kl: float = MISSING
+    horizon: int = MISSING
+
+
+@dataclass
+class DynamicSamplingConfig:
+    enable: bool = MISSING  # DAPO: drop zero-variance groups, regenerate until the batch is full
+    max_rounds: int = MISSING
+    on_exhausted: str = MISSING  # warn | error
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = MISSING
+    adv_estimator: str = MISSING  # registry key of orchestrator.advantages
+    gamma: float = MISSING
+    lam: float = MISSING
+    norm_adv_by_std: bool = MISSING  # grpo: False gives Dr.GRPO
+    whiten_advantages: bool = MISSING
+    use_kl_in_reward: bool = MISSING
+    kl_penalty: str = MISSING
+    kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = MISSING  # null: start a local Ray cluster; "auto" or host:port to join one
+    nnodes: int = MISSING
+    devices_per_node: int = MISSING  # GPUs per node, or CPU worker slots when use_gpu is false
+    use_gpu: bool = MISSING
+    cpus_per_worker: float = MISSING
+    local_num_cpus: int = MISSING  # logical CPUs of a local cluster
+    object_store_bytes: int = MISSING
+    placement: str = MISSING  # colocated | split
+    rollout_devices_per_node: int = MISSING  # split placement: rollout pool size per node
+    rpc_timeout_s: float = MISSING  # bound on every remote call
+    init_timeout_s: float = MISSING  # bound on actor start-up and process-group rendezvous
+
+
+@dataclass
+class HybridConfig:
+    bucket_bytes: int = MISSING  # weight-sync bucket size
+    offload_params: bool = MISSING
+    offload_optimizer: bool = MISSING
+    verify_every: int = MISSING  # post-sync log-prob check every N steps (0: off)
+    verify_atol: float = MISSING
+
+
+@dataclass
+class SFTConfig:
+    base_model_path: Optional[str] = MISSING  # null: build model.tiny from scratch
+    output_path: str = MISSING
+    steps: int = MISSING
+    batch_size: int = MISSING
+    micro_batch_size: int = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING  # registry key of orchestrator.tasks
+    params: dict[str, Any] = field(default_factory=dict)  # the task's data-generation arguments
+
+
+@dataclass
+class BatonConfig:
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)

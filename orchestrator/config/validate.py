@@ -1,0 +1,175 @@
+"""Checks that need more than types: cross-field arithmetic, registry names, files on disk.
+
+All run on the driver before Ray starts, and each failure names the full key path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+from omegaconf import DictConfig
+
+from orchestrator.config.errors import ConfigError
+
+Check = Callable[[DictConfig], None]
+CHECKS: list[Check] = []
+
+
+def check(fn: Check) -> Check:
+    CHECKS.append(fn)
+    return fn
+
+
+def _one_of(key: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = sorted(allowed)
+    if value not in allowed:
+        raise ConfigError(key, f"'{value}' is not one of: {', '.join(allowed)}")
+
+
+def _positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value <= 0:
+            raise ConfigError(key, f"must be > 0, got {value}")
+
+
+def dp_world_size(cfg: DictConfig) -> int:
+    return cfg.cluster.nnodes * cfg.cluster.devices_per_node
+
+
+@check
+def _sizes_positive(cfg: DictConfig) -> None:
+    _positive(cfg, "trainer.total_steps", "data.train_batch_size", "data.max_prompt_length",
+              "actor.ppo_mini_batch_size", "actor.ppo_epochs", "actor.micro_batch_size",
+              "actor.log_prob_micro_batch_size", "rollout.n", "rollout.max_new_tokens", "rollout.max_batch_size",
+              "cluster.nnodes", "cluster.devices_per_node", "cluster.rpc_timeout_s", "cluster.init_timeout_s",
+              "hybrid.bucket_bytes")
+
+
+@check
+def _batch_divisibility(cfg: DictConfig) -> None:
+    prompts, mini = cfg.data.train_batch_size, cfg.actor.ppo_mini_batch_size
+    if prompts % mini:
+        raise ConfigError("actor.ppo_mini_batch_size",
+                          f"{mini} does not divide data.train_batch_size={prompts}")
+    world = dp_world_size(cfg)
+    rows = mini * cfg.rollout.n
+    if rows % world:
+        raise ConfigError("actor.ppo_mini_batch_size",
+                          f"{mini} prompts x rollout.n={cfg.rollout.n} = {rows} rows is not divisible by the "
+                          f"data-parallel size {world} (cluster.nnodes x cluster.devices_per_node)")
+
+
+@check
+def _choices(cfg: DictConfig) -> None:
+    _one_of("rollout.name", cfg.rollout.name, ["builtin", "vllm"])
+    _one_of("cluster.placement", cfg.cluster.placement, ["colocated", "split"])
+    _one_of("data.on_overlong", cfg.data.on_overlong, ["error", "drop"])
+    _one_of("model.dtype", cfg.model.dtype, ["float32", "bfloat16"])
+    _one_of("rollout.dtype", cfg.rollout.dtype, ["float32", "bfloat16", "float16"])
+    _one_of("algorithm.kl_ctrl.type", cfg.algorithm.kl_ctrl.type, ["fixed", "adaptive"])
+    _one_of("algorithm.dynamic_sampling.on_exhausted", cfg.algorithm.dynamic_sampling.on_exhausted, ["warn", "error"])
+    for key, optim in (("actor.optim", cfg.actor.optim), ("critic.optim", cfg.critic.optim), ("sft.optim", cfg.sft.optim)):
+        _one_of(f"{key}.schedule", optim.schedule, ["constant", "cosine"])
+    for i, name in enumerate(cfg.trainer.loggers):
+        _one_of(f"trainer.loggers[{i}]", name, ["jsonl", "tensorboard", "console"])
+
+
+@check
+def _sampling_ranges(cfg: DictConfig) -> None:
+    r = cfg.rollout
+    if r.temperature < 0:
+        raise ConfigError("rollout.temperature", f"must be >= 0, got {r.temperature}")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if r.top_k == 0 or r.top_k < -1:
+        raise ConfigError("rollout.top_k", f"must be -1 (off) or >= 1, got {r.top_k}")
+    if r.n == 1 and r.temperature == 0:
+        pass  # allowed: a greedy single-sample rollout (ReMax baselines use it internally)
+
+
+@check
+def _registries(cfg: DictConfig) -> None:
+    from orchestrator.advantages import registry as adv
+    from orchestrator.rewards import registry as rewards
+    from orchestrator.tasks import registry as tasks
+    from workers.losses import aggregation, kl
+    from workers.losses import registry as losses
+
+    _one_of("algorithm.adv_estimator", cfg.algorithm.adv_estimator, adv.list_advantages())
+    _one_of("actor.policy_loss.name", cfg.actor.policy_loss.name, losses.list_policy_losses())
+    _one_of("actor.loss_agg_mode", cfg.actor.loss_agg_mode, aggregation.AGG_MODES)
+    _one_of("critic.loss_agg_mode", cfg.critic.loss_agg_mode, aggregation.AGG_MODES)
+    _one_of("actor.kl_loss_type", cfg.actor.kl_loss_type, kl.KL_ESTIMATORS)
+    _one_of("algorithm.kl_penalty", cfg.algorithm.kl_penalty, kl.KL_ESTIMATORS)
+    _one_of("reward.rule_fn", cfg.reward.rule_fn, rewards.list_rewards())
+    _one_of("task.name", cfg.task.name, tasks.list_tasks())
+
+
+@check
+def _roles_the_algorithm_needs(cfg: DictConfig) -> None:
+    from orchestrator.advantages import registry as adv
+
+    entry = adv.get_advantage_estimator(cfg.algorithm.adv_estimator)
+    if entry.needs_critic and not cfg.critic.model_path:
+        raise ConfigError("critic.model_path", f"algorithm '{cfg.algorithm.name}' (adv_estimator="
+                          f"{cfg.algorithm.adv_estimator}) needs a critic, but no model path is set")
+    if entry.uses_groups and cfg.rollout.n < 2:
+        raise ConfigError("rollout.n", f"adv_estimator={cfg.algorithm.adv_estimator} compares samples of the "
+                          f"same prompt: needs rollout.n >= 2, got {cfg.rollout.n}")
+    rm = cfg.reward.reward_model
+    if rm.enable and not rm.path:
+        raise ConfigError("reward.reward_model.path", "reward_model.enable is true but no model path is set")
+    if cfg.algorithm.dynamic_sampling.enable and cfg.rollout.n < 2:
+        raise ConfigError("rollout.n", "dynamic sampling drops zero-variance groups: needs rollout.n >= 2")
+
+
+def _model_dir_ok(key: str, path: str | None, hint: str) -> None:
+    if not path:
+        raise ConfigError(key, f"no model path is set; {hint}")
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ConfigError(key, f"'{path}' is not a HF checkpoint directory (no config.json); {hint}")
+
+
+def check_model_paths(cfg: DictConfig) -> None:
+    """Files on disk: run by `baton train` once the warm start exists, not by `--cfg job`."""
+    hint = "run `baton sft` first or point it at a HF checkpoint directory"
+    _model_dir_ok("model.path", cfg.model.path, hint)
+    if cfg.critic.model_path and _needs_critic(cfg):
+        _model_dir_ok("critic.model_path", cfg.critic.model_path, hint)
+    if cfg.reward.reward_model.enable:
+        _model_dir_ok("reward.reward_model.path", cfg.reward.reward_model.path, "train one with `baton rm`")
+    for key in ("data.train_files", "data.val_files"):
+        for i, f in enumerate(cfg.data[key.split(".")[1]]):
+            if not Path(f).is_file():
+                raise ConfigError(f"{key}[{i}]", f"file '{f}' does not exist")
+    max_pos = _max_positions(cfg.model.path)
+    total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+    if max_pos is not None and total > max_pos:
+        raise ConfigError("rollout.max_new_tokens", f"data.max_prompt_length + rollout.max_new_tokens = {total} "
+                          f"exceeds the model's max_position_embeddings={max_pos}")
+
+
+def _needs_critic(cfg: DictConfig) -> bool:
+    from orchestrator.advantages import registry as adv
+
+    return adv.get_advantage_estimator(cfg.algorithm.adv_estimator).needs_critic
+
+
+def _max_positions(path: str) -> int | None:
+    import json
+
+    conf = json.loads((Path(path) / "config.json").read_text())
+    return conf.get("max_position_embeddings")
+
+
+def validate_config(cfg: DictConfig, *, check_files: bool) -> DictConfig:
+    """Raise ConfigError on the first problem; returns cfg so calls chain."""
+    for fn in CHECKS:
+        fn(cfg)
+    if check_files:
+        check_model_paths(cfg)
+    return cfg
