@@ -180,6 +180,7 @@ class AlgorithmConfig:
     lam: float = MISSING
     norm_adv_by_std: bool = MISSING  # grpo: False gives Dr.GRPO
     whiten_advantages: bool = MISSING
+    eps: float = MISSING  # numerical floor in advantage normalisation
     use_kl_in_reward: bool = MISSING
     kl_penalty: str = MISSING
     kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)

@@ -1,6 +1,8 @@
 """What a role sees of the runtime: its rank, the world, its device, its data-parallel place."""
 from __future__ import annotations
 
+import resource
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -45,3 +47,9 @@ class Worker:
     def mesh_info(self) -> dict:
         """(dp_rank, dp_size, collect): plain data parallelism by default."""
         return {"dp_rank": self.rank, "dp_size": self.world_size, "collect": True}
+
+    @register(Dispatch.ONE_TO_ALL)
+    def peak_memory_bytes(self) -> int:
+        """Peak RSS of this process (ru_maxrss: KiB on Linux, bytes on macOS); the driver sums them."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -1,0 +1,200 @@
+"""The two-state machine that time-shares one device between training and rollout.
+
+    TRAIN --rollout_mode()--> ROLLOUT
+      1. offload optimizer state + grads     (frees room for the gathered buckets)
+      2. wake the rollout's weights          (`wake_up(tags=["weights"])`; an engine
+                                              without tags is woken fully here)
+      3. stream weights bucket by bucket into `rollout.load_weights`
+      4. offload the training params
+      5. wake the rollout's KV cache         (`wake_up(tags=["kv_cache"])`; skipped
+                                              for an engine without tags: done in 2)
+    ROLLOUT --train_mode()--> TRAIN
+      1. `rollout.sleep()`                   (drops KV cache and weights)
+      2. reload params, 3. reload optimizer state + grads
+
+Asking for the mode you are in is not an error: it does nothing and returns a report
+with `noop=True` (drivers can call `train_mode()` defensively before every update).
+Every rank of the training mesh must switch together: step 3 is a collective.
+
+The engine starts in TRAIN and assumes the rollout engine is asleep (put it to sleep
+after building it). If a switch raises, the mode becomes unknown (`mode is None`) and
+the next switch, either way, runs all its steps; offload steps are idempotent, so
+`train_mode()` restores the training state.
+"""
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hybrid_engine.memory import MemorySnapshot, memory_snapshot, release_cached_memory, resolve_device
+from hybrid_engine.offload import OffloadReport, TrainingStateOffloader
+from hybrid_engine.protocols import KV_CACHE_TAG, WEIGHTS_TAG, SleepableRollout, accepts_wake_up_tags
+from hybrid_engine.weight_stream import StreamStats, WeightStream
+
+
+class Mode(enum.Enum):
+    TRAIN = "train"
+    ROLLOUT = "rollout"
+
+
+@dataclass(frozen=True)
+class SwitchReport:
+    """What one switch did. `phases` maps each step, in the order run, to its seconds."""
+
+    target: Mode
+    noop: bool
+    seconds: float
+    offload_bytes: int  # device<->host bytes for params, grads and optimizer state
+    stream_bytes: int  # full-weight bytes gathered for the rollout engine
+    memory_before: MemorySnapshot
+    memory_after: MemorySnapshot
+    phases: dict[str, float]
+    notes: tuple[str, ...]  # e.g. why 0 bytes were offloaded on a CPU device
+
+    @property
+    def bytes_moved(self) -> int:
+        return self.offload_bytes + self.stream_bytes
+
+    def to_metrics(self, prefix: str) -> dict[str, float]:
+        """Flat float metrics for a step's log, e.g. prefix "hybrid/rollout_mode"."""
+        out = {
+            f"{prefix}/seconds": self.seconds,
+            f"{prefix}/noop": float(self.noop),
+            f"{prefix}/bytes_moved": float(self.bytes_moved),
+            f"{prefix}/offload_bytes": float(self.offload_bytes),
+            f"{prefix}/stream_bytes": float(self.stream_bytes),
+            f"{prefix}/mem_allocated_before_bytes": float(self.memory_before.allocated_bytes),
+            f"{prefix}/mem_allocated_after_bytes": float(self.memory_after.allocated_bytes),
+            f"{prefix}/mem_reserved_before_bytes": float(self.memory_before.reserved_bytes),
+            f"{prefix}/mem_reserved_after_bytes": float(self.memory_after.reserved_bytes),
+        }
+        out.update({f"{prefix}/phase/{name}_seconds": s for name, s in self.phases.items()})
+        return out
+
+
+class HybridEngine:
+    """Switches one rank's device between a training module+optimizer and a rollout engine."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        rollout: SleepableRollout | None,
+        *,
+        device: torch.device,
+        bucket_bytes: int,
+        weight_dtype: torch.dtype,
+        offload_params: bool,
+        offload_optimizer: bool,
+        is_rollout_consumer: bool,
+    ) -> None:
+        """Wire one rank's training state to its rollout engine.
+
+        `device`: the training device; on CPU offloading moves nothing (reports say so).
+        `bucket_bytes`: cap on one bucket of full weights (the transient device memory of a
+        sync); a larger tensor travels alone. `weight_dtype`: what the rollout engine loads.
+        `is_rollout_consumer`: this rank's rollout takes the weights; `rollout` may be None
+        only on a non-consumer rank (it still joins every gather).
+        `optimizer` may be None (frozen module); then `offload_optimizer` offloads only grads.
+        """
+        if is_rollout_consumer and rollout is None:
+            raise ValueError("HybridEngine: is_rollout_consumer=True needs a rollout engine")
+        self.module = module
+        self.rollout = rollout
+        self.device = resolve_device(device)
+        self.offload_params = offload_params
+        self.offload_optimizer = offload_optimizer
+        self.is_rollout_consumer = is_rollout_consumer
+        self.offloader = TrainingStateOffloader.for_device(module, optimizer, self.device)
+        self.stream = WeightStream(module, bucket_bytes=bucket_bytes, dtype=weight_dtype, consumer=is_rollout_consumer)
+        self.tagged_wake_up = rollout is not None and accepts_wake_up_tags(rollout)
+        self.mode: Mode | None = Mode.TRAIN
+        self.last_stream_stats: StreamStats | None = None
+
+    def rollout_mode(self) -> SwitchReport:
+        """TRAIN -> ROLLOUT (see the module docstring for the steps); a no-op in ROLLOUT."""
+        return self._switch(Mode.ROLLOUT, self._to_rollout)
+
+    def train_mode(self) -> SwitchReport:
+        """ROLLOUT -> TRAIN (see the module docstring for the steps); a no-op in TRAIN."""
+        return self._switch(Mode.TRAIN, self._to_train)
+
+    def _switch(self, target: Mode, steps: Callable[["_Run"], None]) -> SwitchReport:
+        start = time.perf_counter()
+        before = memory_snapshot(self.device)
+        if self.mode is target:
+            note = f"already in {target.name} mode: nothing done"
+            return SwitchReport(target, True, time.perf_counter() - start, 0, 0, before, before, {}, (note,))
+        run = _Run()
+        self.mode = None  # unknown until every step has succeeded
+        steps(run)
+        self.mode = target
+        after = memory_snapshot(self.device)
+        notes = tuple(dict.fromkeys(run.notes))  # dedup, keep order
+        seconds = time.perf_counter() - start
+        return SwitchReport(target, False, seconds, run.offload_bytes, run.stream_bytes, before, after, run.phases, notes)
+
+    def _to_rollout(self, run: "_Run") -> None:
+        if self.offload_optimizer:
+            run.offload(self.offloader.offload_optimizer, self.device)
+        if self.rollout is not None:
+            tags = [WEIGHTS_TAG] if self.tagged_wake_up else None
+            run.timed("wake_weights", lambda: self._wake(tags))
+        run.timed("stream_weights", self._stream)
+        run.stream_bytes = self.last_stream_stats.bytes_streamed if self.last_stream_stats else 0
+        if self.offload_params:
+            run.offload(self.offloader.offload_params, self.device)
+        if self.rollout is not None and self.tagged_wake_up:
+            run.timed("wake_kv_cache", lambda: self._wake([KV_CACHE_TAG]))
+
+    def _to_train(self, run: "_Run") -> None:
+        if self.rollout is not None:
+            run.timed("sleep_rollout", self.rollout.sleep)
+        if self.offload_params:
+            run.offload(self.offloader.reload_params, None)
+        if self.offload_optimizer:
+            run.offload(self.offloader.reload_optimizer, None)
+
+    def _wake(self, tags: list[str] | None) -> None:
+        assert self.rollout is not None
+        if tags is None:
+            self.rollout.wake_up()
+        else:
+            self.rollout.wake_up(tags=tags)  # type: ignore[call-arg]  # tagged engines only
+
+    def _stream(self) -> None:
+        for bucket in self.stream:  # yields nothing on a non-consumer rank, which still gathers
+            assert self.rollout is not None
+            self.rollout.load_weights(bucket)
+        self.last_stream_stats = self.stream.stats
+
+
+class _Run:
+    """Accumulates one switch's phases, bytes and notes."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.offload_bytes = 0
+        self.stream_bytes = 0
+
+    def timed(self, phase: str, fn: Callable[[], None]) -> None:
+        start = time.perf_counter()
+        fn()
+        self.phases[phase] = time.perf_counter() - start
+
+    def offload(self, fn: Callable[[], OffloadReport], release_on: torch.device | None) -> None:
+        """Run an offload/reload; after an offload, hand freed blocks back to the driver."""
+        start = time.perf_counter()
+        report = fn()
+        if release_on is not None and report.bytes_moved:
+            release_cached_memory(release_on)
+        self.phases[f"{report.direction}_{report.what}"] = time.perf_counter() - start
+        self.offload_bytes += report.bytes_moved
+        if report.note:
+            self.notes.append(f"{report.direction} {report.what}: {report.note}")

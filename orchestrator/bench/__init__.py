@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run as modules, print a table, return a dict of figures."""

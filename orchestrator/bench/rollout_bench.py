@@ -1,0 +1,174 @@
+"""Rollout throughput: Baton's built-in engine vs HF `generate`, same model, batch, dtype and threads.
+
+Not a test: run `python -m orchestrator.bench.rollout_bench` and read the table. The model
+is a ~3M-parameter Qwen2 built from a config (random init, no hub access). Every run
+generates exactly `new_tokens` per row (no stop tokens for the built-in engine;
+min_new_tokens and no EOS for HF) so both sides do the same amount of decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+BENCH_MODEL = dict(
+    vocab_size=50,
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    intermediate_size=768,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _time_best(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Seconds of each timed call after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _hf_runner(model: Any, input_ids: torch.Tensor, new_tokens: int, **kwargs: Any) -> Callable[[], Any]:
+    mask = torch.ones_like(input_ids)
+
+    @torch.inference_mode()
+    def run() -> Any:
+        out = model.generate(
+            input_ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            eos_token_id=None,
+            pad_token_id=0,
+            **kwargs,
+        )
+        assert out.shape[1] == input_ids.shape[1] + new_tokens, out.shape
+        return out
+
+    return run
+
+
+def run_rollout_bench(
+    batch_size: int = 64,
+    new_tokens: int = 64,
+    prompt_len: int = 16,
+    repeats: int = 3,
+    dtype: str = "float32",
+    threads: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Measure tokens/s (batch_size * new_tokens / seconds, best of `repeats`) for each engine; print a table."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from workers.rollout.base import SamplingParams
+    from workers.rollout.builtin import BuiltinRolloutEngine
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = Qwen2Config(**BENCH_MODEL)
+    hf = Qwen2ForCausalLM(config).to(device=device, dtype=_DTYPES[dtype]).eval()
+    n_params = sum(p.numel() for p in hf.parameters())
+    engine = BuiltinRolloutEngine(
+        config,
+        dtype=dtype,
+        device=device,
+        max_batch_size=batch_size,
+        max_seq_len=prompt_len + new_tokens,
+        pad_token_id=0,
+    )
+    engine.load_weights(hf.state_dict().items())
+    input_ids = torch.randint(1, config.vocab_size, (batch_size, prompt_len), device=device)
+    mask = torch.ones_like(input_ids)
+    tokens = batch_size * new_tokens
+
+    def builtin(temperature: float) -> Callable[[], Any]:
+        params = SamplingParams(
+            n=1, temperature=temperature, top_p=1.0, top_k=-1, max_new_tokens=new_tokens, seed=0
+        )
+
+        def run() -> Any:
+            out, stats = engine.generate_tensors(input_ids, mask, params)
+            assert stats["tokens_generated"] == tokens, stats
+            return out
+
+        return run
+
+    runs = {
+        "builtin (greedy)": builtin(0.0),
+        "builtin (sampled, T=1)": builtin(1.0),
+        "hf generate (dynamic cache)": _hf_runner(hf, input_ids, new_tokens, use_cache=True),
+        "hf generate (static cache)": _hf_runner(hf, input_ids, new_tokens, cache_implementation="static"),
+    }
+    results: dict[str, dict[str, float]] = {}
+    for name, fn in runs.items():
+        times = _time_best(fn, repeats)
+        results[name] = {
+            "tokens_per_s": tokens / min(times),
+            "median_tokens_per_s": tokens / statistics.median(times),
+            "best_seconds": min(times),
+        }
+    hf_best = max(v["tokens_per_s"] for k, v in results.items() if k.startswith("hf"))
+    ours = results["builtin (greedy)"]["tokens_per_s"]
+    summary = {
+        "params": n_params,
+        "batch_size": batch_size,
+        "new_tokens": new_tokens,
+        "prompt_len": prompt_len,
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "results": results,
+        "hf_best_tokens_per_s": hf_best,
+        "speedup_vs_hf_best": ours / hf_best,
+    }
+    _print_table(summary)
+    return summary
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    print(
+        f"rollout bench: {summary['params'] / 1e6:.2f}M-param Qwen2, batch {summary['batch_size']}, "
+        f"prompt {summary['prompt_len']}, {summary['new_tokens']} new tokens, {summary['dtype']}, "
+        f"{summary['threads']} threads, {summary['device']}"
+    )
+    hf_best = summary["hf_best_tokens_per_s"]
+    print(f"{'engine':<30}{'tok/s (best)':>14}{'tok/s (median)':>16}{'x HF best':>11}")
+    for name, r in summary["results"].items():
+        print(f"{name:<30}{r['tokens_per_s']:>14.0f}{r['median_tokens_per_s']:>16.0f}{r['tokens_per_s'] / hf_best:>11.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    run_rollout_bench(
+        batch_size=args.batch_size,
+        new_tokens=args.new_tokens,
+        prompt_len=args.prompt_len,
+        repeats=args.repeats,
+        dtype=args.dtype,
+        threads=args.threads,
+        device=args.device,
+    )
+
+
+if __name__ == "__main__":
+    main()

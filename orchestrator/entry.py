@@ -1,0 +1,125 @@
+"""What `baton train`, `baton sft` and `baton run-default` do, from a validated config."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from orchestrator.assets.tiny_model import build_tiny_model
+from orchestrator.config.validate import check_model_paths
+from orchestrator.ray_cluster import init_ray
+from orchestrator.tasks.registry import get_task
+from orchestrator.tracking import OutputPaths, PeakMemory, RunSummary, Tracker, plot_curves, process_peak_rss_bytes
+from orchestrator.trainer.data import PromptStream, load_rows, task_files
+from orchestrator.trainer.loop import RLTrainer
+from orchestrator.trainer.roles import build_roles
+from orchestrator.trainer.sft_data import sft_batch
+from workers.runtime import ResourcePool, spawn_colocated
+
+log = logging.getLogger("baton")
+
+
+def _start(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(cfg.trainer.torch_threads)
+    c = cfg.cluster
+    init_ray(c.address, c.local_num_cpus if not c.address else None, None if c.use_gpu else 0, c.object_store_bytes,
+             env_vars={"TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def train(cfg: DictConfig) -> dict:
+    check_model_paths(cfg)  # files on disk: still before any actor starts
+    tok = _tokenizer(cfg.model.path)
+    train_files, val_files = task_files(cfg)
+    train_rows, val_rows = load_rows(train_files, cfg, tok), load_rows(val_files, cfg, tok)
+    out = Path(cfg.trainer.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    _start(cfg)
+    roles = build_roles(cfg, tok.pad_token_id)
+    tracker = Tracker(out, list(cfg.trainer.loggers), cfg.trainer.experiment_name)
+    try:
+        result = RLTrainer(cfg, tok, roles, train_rows, val_rows, tracker).fit()
+        # colocated roles share a process: one figure per host process
+        workers = {f"worker[{r}]": b for r, b in enumerate(roles.actor.peak_memory_bytes())}
+    finally:
+        tracker.close()
+        roles.shutdown()
+    return _summarise(cfg, out, result, workers)
+
+
+def _summarise(cfg: DictConfig, out: Path, result: dict, worker_bytes: dict[str, int]) -> dict:
+    plot = plot_curves(out / "metrics.jsonl", out / "curves.png", ["reward/mean", "val/accuracy", "train/accuracy"])
+    summary = RunSummary.from_metrics_jsonl(
+        out / "metrics.jsonl", experiment_name=cfg.trainer.experiment_name, steps=cfg.trainer.total_steps,
+        wall_time_s=result["wall_time_s"], accuracy_key="val/accuracy", reward_key="reward/mean",
+        peak_memory=PeakMemory(driver_bytes=process_peak_rss_bytes(), worker_bytes=worker_bytes),
+        paths=OutputPaths(checkpoints=out / "checkpoints", metrics_jsonl=out / "metrics.jsonl",
+                          tensorboard=out / "tensorboard", plot=plot))
+    summary.write_json(out / "summary.json")
+    print(summary.render_table())
+    return summary.to_dict()
+
+
+def sft(cfg: DictConfig) -> Path:
+    """Warm start: fine-tune on the task's worked solutions; writes an HF checkpoint to sft.output_path."""
+    task = get_task(cfg.task.name)
+    target = Path(cfg.sft.output_path)
+    base = cfg.sft.base_model_path
+    scratch = target.parent / f".{target.name}-base"
+    if base is None:
+        t = cfg.model.tiny
+        base = str(build_tiny_model(scratch, arch=t.arch, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                                    num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+                                    intermediate_size=t.intermediate_size,
+                                    max_position_embeddings=t.max_position_embeddings, seed=cfg.trainer.seed,
+                                    tie_word_embeddings=t.tie_word_embeddings))
+    tok = _tokenizer(base)
+    train_files, _ = task_files(cfg)
+    rows = load_rows(train_files, cfg, tok, extra_keys=(task.solution_key,))
+    _start(cfg)
+    c = cfg.cluster
+    pool = ResourcePool(name="sft", nnodes=c.nnodes, devices_per_node=c.devices_per_node, use_gpu=c.use_gpu,
+                        cpus_per_worker=c.cpus_per_worker, ready_timeout_s=c.init_timeout_s)
+    from workers.roles.sft import SFTWorker
+
+    group = spawn_colocated(pool, {"sft": (SFTWorker, {"cfg": cfg, "base_model_path": base})},
+                            timeout_s=c.rpc_timeout_s, init_timeout_s=c.init_timeout_s)["sft"]
+    stream = PromptStream(rows, cfg.sft.batch_size, cfg.trainer.seed, shuffle=True)
+    tmp = target.parent / f".{target.name}.tmp"
+    start = time.monotonic()
+    try:
+        bar = tqdm(range(cfg.sft.steps), desc="sft", mininterval=1.0, disable=None)
+        for _ in bar:
+            metrics = group.train_step(sft_batch(stream.next_rows(), task.solution_key, tok))
+            bar.set_postfix(nll=f"{sum(m['nll'] for m in metrics) / len(metrics):.3f}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        group.save(str(tmp))
+    finally:
+        group.shutdown()
+        pool.release()
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"sft: {cfg.sft.steps} steps in {time.monotonic() - start:.0f}s -> {target}")
+    return target
+
+
+def run_default(cfg: DictConfig) -> dict:
+    """`make run`: reuse the cached warm start when present, else build it; then RL."""
+    if not (Path(cfg.model.path) / "config.json").is_file():
+        sft(cfg)
+    return train(cfg)

@@ -1,0 +1,1 @@
+"""The single controller: data in, worker groups called in dataflow order, metrics out."""

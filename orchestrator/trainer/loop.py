@@ -1,0 +1,221 @@
+"""The RL loop. `step` reads as the dataflow diagram in shared/ARCHITECTURE.md:
+
+generate (+ rewards) -> old log-probs -> ref log-probs -> values -> advantages
+-> critic update -> actor update -> weight sync
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
+
+from orchestrator.advantages.registry import get_advantage_estimator
+from orchestrator.kl_control import make_kl_controller
+from orchestrator.tracking import Tracker, TrainingProgress, phase_timer, throughput
+from orchestrator.trainer import checkpointing, stages
+from orchestrator.trainer.data import PromptStream, prompts_to_batch
+from orchestrator.trainer.rewards import accuracy_scores, overlong_penalty, rule_scores
+from orchestrator.trainer.roles import Roles
+from orchestrator.trainer.sync_check import check_rollout_matches_trainer
+from workers.batch import Batch
+from workers.rollout.base import SamplingParams
+
+log = logging.getLogger("baton.trainer")
+
+
+def mean_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    keys = per_rank[0].keys()
+    return {k: float(np.mean([m[k] for m in per_rank])) for k in keys}
+
+
+class RLTrainer:
+    def __init__(self, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, roles: Roles,
+                 train_rows: list[dict], val_rows: list[dict], tracker: Tracker):
+        self.cfg, self.tok, self.roles, self.tracker = cfg, tokenizer, roles, tracker
+        self.actor, self.ref, self.critic, self.rm = roles.actor, roles.ref, roles.critic, roles.reward_model
+        self.stream = PromptStream(train_rows, cfg.data.train_batch_size, cfg.trainer.seed, cfg.data.shuffle)
+        self.val_rows = val_rows[: cfg.data.val_size] if cfg.data.val_size else val_rows
+        self.estimator = get_advantage_estimator(cfg.algorithm.adv_estimator)
+        self.kl_ctrl = make_kl_controller(cfg.algorithm.kl_ctrl.type, dict(cfg.algorithm.kl_ctrl))
+        self.ckpt_root = Path(cfg.trainer.output_dir) / "checkpoints"
+        self.step = 0
+
+    # --- sampling parameters ------------------------------------------------------------
+
+    def sampling(self, *, n: int, temperature: float, seed: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(n=n, temperature=temperature, top_p=r.top_p if temperature > 0 else 1.0,
+                              top_k=r.top_k if temperature > 0 else -1, max_new_tokens=r.max_new_tokens, seed=seed,
+                              stop_token_ids=(self.tok.eos_token_id,),
+                              repetition_stop_window=r.repetition_stop_window,
+                              repetition_stop_prob=r.repetition_stop_prob)
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def score(self, batch: Batch) -> Batch:
+        """Sequence scores: weighted rule reward (+ reward model) (+ overlong shaping)."""
+        r = self.cfg.reward
+        scores = r.rule_weight * rule_scores(batch, self.cfg, self.tok)
+        if self.rm is not None:
+            scores = scores + r.reward_model.weight * self.rm.compute_rm_score(batch)["rm_scores"]
+        if r.overlong.enable:
+            scores = scores + overlong_penalty(stages.response_lengths(batch), self.cfg.rollout.max_new_tokens,
+                                               r.overlong.buffer_len, r.overlong.penalty_factor)
+        batch["scores"] = scores.float()
+        batch["accuracy"] = accuracy_scores(batch, self.cfg, self.tok)
+        return batch
+
+    def generate(self, metrics: dict[str, float]) -> Batch:
+        """Roll out one batch of prompts and score it; with dynamic sampling, refill until full."""
+        ds = self.cfg.algorithm.dynamic_sampling
+        want = self.cfg.data.train_batch_size
+        kept: list[Batch] = []
+        groups_kept = groups_seen = rounds = 0
+        while rounds == 0 or (ds.enable and groups_kept < want and rounds < ds.max_rounds):
+            rounds += 1
+            prompts = prompts_to_batch(self.stream.next_rows(), self.tok, uid_prefix=f"s{self.step}r{rounds}")
+            params = self.sampling(n=self.cfg.rollout.n, temperature=self.cfg.rollout.temperature,
+                                   seed=self.cfg.trainer.seed * 100003 + self.step * 101 + rounds)
+            out = self.score(self.actor.generate(prompts, params))
+            if self.estimator.needs_baseline_rollout:
+                out = self.baseline_rollout(prompts, out)
+            self._rollout_metrics(out, metrics)
+            if ds.enable:
+                out, n_kept, n_seen = stages.keep_informative_groups(out)
+                groups_kept, groups_seen = groups_kept + n_kept, groups_seen + n_seen
+            kept.append(out)
+        batch = Batch.concat(kept)
+        if ds.enable:
+            metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/groups_kept": groups_kept,
+                            "dynamic_sampling/groups_seen": groups_seen})
+            batch = self._fill_batch(batch, groups_kept, want)
+        return batch
+
+    def _fill_batch(self, batch: Batch, groups_kept: int, want: int) -> Batch:
+        rows = want * self.cfg.rollout.n
+        if groups_kept >= want:
+            return batch.slice(0, rows)
+        message = (f"dynamic sampling kept {groups_kept} of {want} prompt groups after "
+                   f"{self.cfg.algorithm.dynamic_sampling.max_rounds} rounds (algorithm.dynamic_sampling.max_rounds)")
+        if self.cfg.algorithm.dynamic_sampling.on_exhausted == "error" or groups_kept == 0:
+            raise RuntimeError(message)
+        log.warning("%s; topping the batch up by repeating kept groups", message)
+        reps = -(-rows // len(batch))
+        return Batch.concat([batch] * reps).slice(0, rows)
+
+    def baseline_rollout(self, prompts: Batch, batch: Batch) -> Batch:
+        """ReMax: the score of a greedy response to each prompt, repeated over that prompt's samples."""
+        greedy = self.score(self.actor.generate(prompts, self.sampling(n=1, temperature=0.0, seed=0)))
+        batch["baseline_scores"] = greedy["scores"].repeat_interleave(self.cfg.rollout.n)
+        return batch
+
+    def _rollout_metrics(self, batch: Batch, metrics: dict[str, float]) -> None:
+        lengths = stages.response_lengths(batch)
+        metrics.update({"reward/mean": float(batch["scores"].mean()), "reward/std": float(batch["scores"].std()),
+                        "train/accuracy": float(batch["accuracy"].mean()),
+                        "response_length/mean": float(lengths.mean()),
+                        "response_length/clip_frac": float((lengths >= self.cfg.rollout.max_new_tokens).float().mean())})
+        for k, v in (batch.meta.get("rollout_stats") or {}).items():
+            if isinstance(v, (int, float)):
+                metrics[f"rollout/{k}"] = float(v)
+
+    # --- one step -------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        m: dict[str, float] = {}
+        with phase_timer("generate", m):
+            batch = self.generate(m)
+        tokens = float(batch["response_mask"].sum())
+        with phase_timer("old_log_prob", m):
+            batch = batch.union(self.actor.compute_log_prob(batch))
+        check_rollout_matches_trainer(batch, self.cfg, self.step, m, self.actor)
+        if self.ref is not None:
+            with phase_timer("ref", m):
+                batch = batch.union(self.ref.compute_ref_log_prob(batch))
+        if self.critic is not None:
+            with phase_timer("values", m):
+                batch = batch.union(self.critic.compute_values(batch))
+        with phase_timer("advantage", m):
+            batch, kl_metrics = stages.token_level_rewards(batch, self.cfg, self.kl_ctrl)
+            batch = stages.advantages(batch, self.cfg)
+        m.update(kl_metrics)
+        if self.critic is not None:
+            with phase_timer("update_critic", m):
+                m.update(mean_metrics(self.critic.update_critic(batch)))
+        if self.critic is None or self.step > self.cfg.critic.warmup_steps:
+            with phase_timer("update_actor", m):
+                m.update(mean_metrics(self.actor.update_actor(batch)))
+        with phase_timer("sync", m):
+            m.update(self.actor.sync_weights()[0])
+        for phase in ("generate", "old_log_prob", "update_actor"):
+            if f"timing_s/{phase}" in m:
+                throughput(m, phase, tokens)
+        return m
+
+    # --- validation, checkpoints, the loop ----------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        prompts = prompts_to_batch(self.val_rows, self.tok, uid_prefix="val")
+        params = self.sampling(n=1, temperature=self.cfg.rollout.val_temperature, seed=self.cfg.trainer.seed)
+        out = self.score(self.actor.generate(prompts, params))
+        return {"val/accuracy": float(out["accuracy"].mean()), "val/reward": float(out["scores"].mean()),
+                "val/response_length": float(stages.response_lengths(out).mean())}
+
+    def save(self) -> Path:
+        state = {"step": self.step, "stream": self.stream.state(), "kl_coef": self.kl_ctrl.value,
+                 "config": OmegaConf.to_container(self.cfg)}
+
+        def write_workers(tmp: Path) -> None:
+            self.actor.save_checkpoint(str(tmp / "actor"))
+            if self.critic is not None:
+                self.critic.save_checkpoint(str(tmp / "critic"))
+
+        return checkpointing.save_checkpoint(self.ckpt_root, self.step, write_workers, state,
+                                             self.cfg.trainer.keep_checkpoints)
+
+    def resume(self) -> None:
+        ckpt = checkpointing.latest_checkpoint(self.ckpt_root) if self.cfg.trainer.resume else None
+        if ckpt is None:
+            return
+        state = checkpointing.load_trainer_state(ckpt)
+        self.actor.load_checkpoint(str(ckpt / "actor"))
+        if self.critic is not None:
+            self.critic.load_checkpoint(str(ckpt / "critic"))
+        self.step, self.kl_ctrl.value = state["step"], state["kl_coef"]
+        self.stream.restore(state["stream"])
+        log.info("resumed from %s at step %d", ckpt, self.step)
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg.trainer
+        self.resume()
+        self.actor.sync_weights()
+        start = time.monotonic()
+        first_val = self.validate()
+        self.tracker.log(self.step, first_val)
+        progress = TrainingProgress(cfg.total_steps, self.step, self.cfg.trainer.experiment_name, "reward/mean",
+                                    "val/accuracy", disable=not cfg.progress_bar, mininterval_s=1.0)
+        last_val = first_val
+        with progress:
+            while self.step < cfg.total_steps:
+                self.step += 1
+                step_start = time.monotonic()
+                metrics = self.train_step()
+                final = self.step == cfg.total_steps
+                if final or (cfg.val_every and self.step % cfg.val_every == 0):
+                    with phase_timer("validate", metrics):
+                        last_val = self.validate()
+                    metrics.update(last_val)
+                if final or (cfg.save_every and self.step % cfg.save_every == 0):
+                    with phase_timer("save", metrics):
+                        metrics["checkpoint/step"] = float(self.step)
+                        self.save()
+                metrics["timing_s/step"] = time.monotonic() - step_start
+                self.tracker.log(self.step, metrics)
+                progress.update(self.step, metrics)
+        return {"first_val": first_val, "last_val": last_val, "wall_time_s": time.monotonic() - start}

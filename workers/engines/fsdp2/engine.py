@@ -1,0 +1,153 @@
+"""FSDPEngine: the training/inference engine behind the actor, ref, critic and reward-model roles.
+
+One object per role per rank. torch.distributed must already be initialised (the worker
+runtime does it); every method is collective over the data-parallel group, so all ranks
+call it with the same number of rows.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed import ProcessGroup
+from transformers import PretrainedConfig
+
+from workers.batch import Batch
+from workers.engines import LossFn
+from workers.engines.fsdp2 import checkpoint
+from workers.engines.fsdp2.build import build_mesh, load_hf_model, shard_model
+from workers.engines.fsdp2.collectives import split_micro_batches
+from workers.engines.fsdp2.forward import check_layout, model_forward
+from workers.engines.fsdp2.optim import build_lr_scheduler, build_optimizer
+from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
+from workers.engines.fsdp2.train_step import train_mini_batch
+
+
+class FSDPEngine:
+    """An HF model sharded with FSDP2, plus (if `optim` is given) AdamW and its LR schedule.
+
+    optim=None makes a frozen engine (ref policy, reward model): no optimizer, every
+    parameter has requires_grad=False, and train_mini_batch refuses to run.
+    Attributes: `module` (the FSDP2 root), `optimizer`, `lr_scheduler`, `hf_config`.
+    """
+
+    def __init__(
+        self,
+        spec: FSDPEngineSpec,
+        optim: OptimSpec | None,
+        *,
+        device: torch.device,
+        dp_group: ProcessGroup | None = None,
+    ) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError("FSDPEngine needs torch.distributed initialised by the worker runtime")
+        self.spec = spec
+        self.optim_spec = optim
+        self.device = torch.device(device)
+        self.dp_group = dp_group
+        self.dp_size = dist.get_world_size(dp_group)
+        model = load_hf_model(spec)
+        if optim is None:
+            model.requires_grad_(False)
+        self.hf_config: PretrainedConfig = model.config
+        self.module = shard_model(model, spec, build_mesh(self.device, dp_group), self.device)
+        self.optimizer = build_optimizer(self.module.parameters(), optim) if optim is not None else None
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, optim) if self.optimizer is not None else None
+
+    # --- inference ---------------------------------------------------------------------
+
+    def _forward_fn(self, temperature: float | None, with_entropy: bool) -> Callable[[Batch], dict[str, Tensor]]:
+        def forward(mb: Batch) -> dict[str, Tensor]:
+            return model_forward(
+                self.module, self.spec.model_kind, mb, self.device, temperature=temperature, with_entropy=with_entropy
+            )
+
+        return forward
+
+    @torch.no_grad()
+    def _infer(self, batch: Batch, micro_batch_size: int, forward: Callable[[Batch], dict[str, Tensor]]) -> dict[str, Tensor]:
+        outs = [forward(mb) for mb in split_micro_batches(batch, micro_batch_size, self.dp_group, self.device)]
+        return {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
+
+    def _require_kind(self, kind: str, what: str) -> None:
+        if self.spec.model_kind != kind:
+            raise ValueError(f"{what} needs a {kind!r} engine, this one is {self.spec.model_kind!r}")
+
+    def compute_log_probs(
+        self, batch: Batch, *, temperature: float, micro_batch_size: int, with_entropy: bool
+    ) -> dict[str, Tensor]:
+        """`log_probs` [B, R] (and `entropy` [B, R]) of the response tokens, float32 on CPU."""
+        self._require_kind("causal_lm", "compute_log_probs")
+        check_layout(batch)
+        return self._infer(batch, micro_batch_size, self._forward_fn(temperature, with_entropy))
+
+    def compute_values(self, batch: Batch, *, micro_batch_size: int) -> Tensor:
+        """Values [B, R], float32 on CPU: V of the state before each response token."""
+        self._require_kind("value", "compute_values")
+        check_layout(batch)
+        return self._infer(batch, micro_batch_size, self._forward_fn(None, False))["values"]
+
+    def compute_scores(self, batch: Batch, *, micro_batch_size: int) -> Tensor:
+        """Scores [B], float32 on CPU: the reward head at each row's last attended token."""
+        self._require_kind("reward", "compute_scores")
+        return self._infer(batch, micro_batch_size, self._forward_fn(None, False))["scores"]
+
+    # --- training ----------------------------------------------------------------------
+
+    def train_mini_batch(
+        self,
+        batch: Batch,
+        loss_fn: LossFn,
+        *,
+        micro_batch_size: int,
+        temperature: float | None,
+        with_entropy: bool,
+    ) -> dict[str, float]:
+        """One optimizer step on this rank's share of a mini-batch (see train_step.train_mini_batch).
+
+        temperature/with_entropy shape the causal-LM outputs given to loss_fn (None/False for
+        value and reward models).
+        """
+        if self.optimizer is None or self.lr_scheduler is None or self.optim_spec is None:
+            raise RuntimeError("train_mini_batch on a frozen engine (built with optim=None)")
+        if self.spec.model_kind != "reward":
+            check_layout(batch)
+        return train_mini_batch(
+            self.module,
+            self.optimizer,
+            self.lr_scheduler,
+            self._forward_fn(temperature, with_entropy),
+            batch,
+            loss_fn,
+            micro_batch_size=micro_batch_size,
+            grad_clip=self.optim_spec.grad_clip,
+            group=self.dp_group,
+            dp_size=self.dp_size,
+            device=self.device,
+        )
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str) -> None:
+        """Collective: HF weights + optimizer + LR scheduler into `directory` (rank 0 writes)."""
+        checkpoint.save_checkpoint(
+            directory,
+            module=self.module,
+            optimizer=self.optimizer,
+            scheduler=self.lr_scheduler,
+            hf_config=self.hf_config,
+            group=self.dp_group,
+        )
+
+    def load_checkpoint(self, directory: str) -> None:
+        """Collective: restore what save_checkpoint wrote (weights only for a frozen engine)."""
+        checkpoint.load_checkpoint(
+            directory,
+            module=self.module,
+            optimizer=self.optimizer,
+            scheduler=self.lr_scheduler,
+            group=self.dp_group,
+            device=self.device,
+        )

@@ -1,0 +1,107 @@
+"""One micro-batch through the model: token log-probs / entropy, per-token values, or sequence scores.
+
+Layout (veRL): input_ids [b, P+R] = left-padded prompt + right-padded response. The token
+at response position t is predicted by the logits at position P-1+t, so only the last R+1
+positions are projected to the vocabulary, and the very last one is dropped.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workers.batch import Batch
+
+MODEL_INPUT_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids")
+
+
+def check_layout(batch: Batch) -> None:
+    """Fail loudly if `responses` is not the tail of `input_ids` (a silent off-by-one otherwise)."""
+    input_ids, responses = batch["input_ids"], batch["responses"]
+    r = responses.shape[1]
+    if input_ids.shape[1] <= r or not torch.equal(input_ids[:, -r:], responses):
+        raise ValueError("batch layout: input_ids must end with responses (prompt left-padded, response right-padded)")
+
+
+def _inputs(batch: Batch, device: torch.device) -> dict[str, Tensor]:
+    return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUT_KEYS}
+
+
+def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log softmax(logits)[token] per position, via cross-entropy (no [b, R, V] log-prob tensor kept)."""
+    flat = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none")
+    return -flat.view(tokens.shape)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """H = logsumexp(l) - sum softmax(l) * l, for finite logits (model outputs always are)."""
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+
+
+def causal_lm_forward(
+    module: nn.Module, batch: Batch, device: torch.device, *, temperature: float, with_entropy: bool
+) -> dict[str, Tensor]:
+    """log_probs [b, R] (and entropy [b, R]) in float32 from logits / temperature."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (greedy rollouts score with 1.0), got {temperature}")
+    responses = batch["responses"].to(device, non_blocking=True)
+    r = responses.shape[1]
+    out = module(**_inputs(batch, device), use_cache=False, logits_to_keep=r + 1)
+    logits = out.logits[:, :-1, :].float() / temperature
+    result = {"log_probs": token_log_probs(logits, responses)}
+    if with_entropy:
+        result["entropy"] = entropy_from_logits(logits)
+    return result
+
+
+def value_forward(module: nn.Module, batch: Batch, device: torch.device) -> dict[str, Tensor]:
+    """values [b, R]: the value head at P-1+t, i.e. the state before response token t is emitted."""
+    r = batch["responses"].shape[1]
+    out = module(**_inputs(batch, device), use_cache=False)
+    return {"values": out.logits[:, -r - 1 : -1, 0].float()}
+
+
+def reward_forward(module: nn.Module, batch: Batch, device: torch.device) -> dict[str, Tensor]:
+    """scores [b]: the score head at each row's last attended token.
+
+    HF pools at the last token that differs from pad_token_id, which is wrong when EOS ==
+    pad ends the response; so the per-token head output is captured and pooled here by
+    the attention mask instead.
+    """
+    captured: list[Tensor] = []
+    handle = module.score.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    inputs = _inputs(batch, device)
+    try:
+        module(**inputs, use_cache=False)
+    finally:
+        handle.remove()
+    per_token = captured[0][..., 0].float()  # [b, T]
+    mask = inputs["attention_mask"]
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (positions * (mask > 0)).argmax(dim=-1)
+    return {"scores": per_token[torch.arange(per_token.shape[0], device=mask.device), last]}
+
+
+def model_forward(
+    module: nn.Module,
+    model_kind: str,
+    batch: Batch,
+    device: torch.device,
+    *,
+    temperature: float | None,
+    with_entropy: bool,
+) -> dict[str, Tensor]:
+    """The outputs a loss or a compute_* call needs for this model kind.
+
+    temperature/with_entropy belong to causal LMs only; other kinds must pass None/False so a
+    config that sets them for a critic is caught rather than ignored.
+    """
+    if model_kind == "causal_lm":
+        if temperature is None:
+            raise ValueError("a causal LM forward needs a temperature")
+        return causal_lm_forward(module, batch, device, temperature=temperature, with_entropy=with_entropy)
+    if temperature is not None or with_entropy:
+        raise ValueError(f"temperature/with_entropy apply to causal LMs only, not model_kind {model_kind!r}")
+    if model_kind == "value":
+        return value_forward(module, batch, device)
+    return reward_forward(module, batch, device)

@@ -1,0 +1,86 @@
+"""One optimizer step over a mini-batch, accumulated over micro-batches.
+
+Why the loss is scaled by dp_size: each loss call returns its micro-batch's contribution to
+the *global* mini-batch loss (normalised by global counts), backward sums contributions
+over micro-batches, and FSDP's reduce-scatter then averages over ranks; multiplying by
+dp_size turns that average into the sum, i.e. exactly the gradient of the global loss,
+whatever the micro-batch size or the number of ranks.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.distributed import ProcessGroup
+from torch.optim.lr_scheduler import LRScheduler
+
+from workers.batch import Batch
+from workers.engines import LossFn, LossNorm
+from workers.engines.fsdp2.collectives import all_reduce_sum, clip_grads_, global_grad_norm, split_micro_batches
+
+RESERVED_METRICS: tuple[str, ...] = ("loss", "grad_norm", "lr", "step_skipped")
+
+
+def loss_norm(batch: Batch, group: ProcessGroup | None, dp_size: int, device: torch.device) -> LossNorm:
+    """Count valid response tokens and non-empty rows of the whole mini-batch (one all_reduce)."""
+    mask = batch["response_mask"].to(torch.float64)
+    local = torch.stack([mask.sum(), (mask.sum(dim=-1) > 0).sum().to(torch.float64)]).to(device)
+    tokens, seqs = all_reduce_sum(local, group).tolist()
+    return LossNorm(global_tokens=tokens, global_seqs=seqs, dp_size=dp_size)
+
+
+def train_mini_batch(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    forward: Callable[[Batch], dict[str, Tensor]],
+    batch: Batch,
+    loss_fn: LossFn,
+    *,
+    micro_batch_size: int,
+    grad_clip: float | None,
+    group: ProcessGroup | None,
+    dp_size: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Zero grads, accumulate over micro-batches, clip by the global norm, step optimizer and LR.
+
+    Returns, identical on every rank: `loss` (the global mini-batch loss: all contributions
+    summed), the loss_fn metrics averaged over micro-batches and ranks, `grad_norm` (before
+    clipping), `lr` (used by this step) and `step_skipped` (1.0 when the norm was not finite
+    and the optimizer step was skipped; the LR schedule still advances).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    norm = loss_norm(batch, group, dp_size, device)
+    micro = split_micro_batches(batch, micro_batch_size, group, device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    metric_sums: dict[str, Tensor] = {}
+    for mb in micro:
+        loss, metrics = loss_fn(forward(mb), mb, norm)
+        (loss * dp_size).backward()
+        loss_sum += loss.detach().float()
+        for key, value in metrics.items():
+            if key in RESERVED_METRICS:
+                raise ValueError(f"loss metric {key!r} clashes with an engine metric ({', '.join(RESERVED_METRICS)})")
+            value = torch.as_tensor(value, dtype=torch.float32).detach().to(device)
+            metric_sums[key] = metric_sums.get(key, torch.zeros((), dtype=torch.float32, device=device)) + value
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    grad_norm = global_grad_norm(params, group, device)
+    lr = float(optimizer.param_groups[0]["lr"])
+    finite = bool(torch.isfinite(grad_norm))
+    if finite:
+        if grad_clip is not None:
+            clip_grads_(params, grad_clip, grad_norm)
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+    keys = sorted(metric_sums)
+    local = torch.stack([metric_sums[k] / len(micro) for k in keys] + [loss_sum])
+    reduced = all_reduce_sum(local, group).tolist()
+    result = {k: v / dp_size for k, v in zip(keys, reduced[:-1])}
+    result.update(loss=reduced[-1], grad_norm=float(grad_norm), lr=lr, step_skipped=0.0 if finite else 1.0)
+    return result

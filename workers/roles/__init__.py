@@ -1,0 +1,1 @@
+"""Roles hosted by worker groups: actor (+ rollout, hybrid), reference, critic, reward model."""

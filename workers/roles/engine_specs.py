@@ -1,0 +1,44 @@
+"""Translate the (already validated) config sections into the engines' frozen specs."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
+
+
+def fsdp_spec(model_path: str, model_kind: str, model_cfg: DictConfig, *, use_gpu: bool, seed: int,
+              trainable: bool) -> FSDPEngineSpec:
+    """Master weights stay fp32 for trained roles; compute runs in model.dtype."""
+    compute = model_cfg.dtype
+    return FSDPEngineSpec(
+        model_path=model_path,
+        model_kind=model_kind,
+        master_dtype="float32" if trainable else compute,
+        param_dtype=compute,
+        reduce_dtype="float32",
+        reshard_after_forward=True,
+        activation_checkpointing=bool(model_cfg.gradient_checkpointing) and trainable,
+        cpu_offload=False,
+        attn_implementation="sdpa",
+        seed=seed,
+    )
+
+
+def optim_spec(optim: DictConfig, total_steps: int) -> OptimSpec:
+    return OptimSpec(
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+        grad_clip=optim.grad_clip,
+        warmup_steps=min(optim.warmup_steps, total_steps),
+        total_steps=total_steps,
+        schedule=optim.schedule,
+        min_lr_ratio=optim.min_lr_ratio,
+    )
+
+
+def actor_optimizer_steps(cfg: DictConfig) -> int:
+    """Optimizer steps over the run: mini-batches per step x PPO epochs x RL steps."""
+    per_step = cfg.data.train_batch_size // cfg.actor.ppo_mini_batch_size
+    return cfg.trainer.total_steps * per_step * cfg.actor.ppo_epochs

@@ -1,0 +1,222 @@
+"""BuiltinRolloutEngine: the torch rollout engine that runs everywhere (CPU, CUDA, any torch device).
+
+The core is tensor-in / tensor-out (`generate_tensors`); `generate` is a thin adapter to
+the Batch protocol. Memory follows the hybrid-engine state machine: `sleep` drops the
+KV cache and parks weights on CPU, `wake_up` brings both back, both idempotent.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from workers.batch import Batch
+from workers.rollout.base import SamplingParams
+from workers.rollout.builtin.decode_loop import GroupResult, LoopConfig, run_group
+from workers.rollout.builtin.kv_cache import KVCache
+from workers.rollout.builtin.model import CompactDecoder
+from workers.rollout.builtin.sampling import SamplerConfig
+from workers.rollout.builtin.spec import spec_from_hf_config
+from workers.rollout.builtin.stats import rollout_stats
+from workers.rollout.builtin.weights import WeightLoader
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"builtin rollout: dtype={dtype!r} not in {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class BuiltinRolloutEngine:
+    """Batched, KV-cached sampling from a compact Llama/Qwen2 decoder; returns token log-probs."""
+
+    def __init__(
+        self,
+        model_config: Any,
+        *,
+        dtype: torch.dtype | str,
+        device: torch.device | str,
+        max_batch_size: int,
+        max_seq_len: int,
+        pad_token_id: int,
+        compact_fraction: float = 0.125,
+        sync_every: int | None = None,
+    ) -> None:
+        """model_config: a transformers config (Llama/Qwen2) or its config.json dict.
+
+        max_batch_size bounds rows decoded at once (prompts x n; larger calls run in groups);
+        max_seq_len bounds prompt + new tokens and sizes the KV cache.
+        compact_fraction: drop finished rows once they are this fraction of the active rows.
+        sync_every: steps between host syncs that check for finished rows (default 1 on CPU, 8 elsewhere).
+        """
+        self.spec = spec_from_hf_config(model_config)
+        self.dtype = _as_dtype(dtype)
+        self.device = torch.device(device)
+        self.max_batch_size = int(max_batch_size)
+        self.max_seq_len = int(max_seq_len)
+        self.pad_token_id = int(pad_token_id)
+        self.compact_fraction = float(compact_fraction)
+        self.sync_every = int(sync_every or (1 if self.device.type == "cpu" else 8))
+        self.model = CompactDecoder(self.spec, dtype=self.dtype, device=self.device, max_positions=self.max_seq_len)
+        self.loader = WeightLoader(self.model)
+        self.cache = KVCache(
+            num_layers=self.spec.num_layers,
+            max_batch=self.max_batch_size,
+            kv_heads=self.spec.num_kv_heads,
+            max_len=self.max_seq_len,
+            head_dim=self.spec.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self._weights_on_device = True
+        self.last_step_rows: list[int] = []  # rows fed to each decode step of the last call (all groups)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "BuiltinRolloutEngine":
+        """Build from a local HF directory (config.json + *.safetensors); every weight must be present."""
+        from safetensors import safe_open
+        from transformers import AutoConfig
+
+        path = Path(path)
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        if "pad_token_id" not in kwargs:
+            pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+            kwargs["pad_token_id"] = pad[0] if isinstance(pad, (list, tuple)) else (pad or 0)
+        engine = cls(config, **kwargs)
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"builtin rollout: no *.safetensors in {path}")
+        for file in files:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                engine.load_weights((name, f.get_tensor(name)) for name in f.keys())
+        missing = engine.loader.missing()
+        if missing:
+            raise KeyError(f"builtin rollout: checkpoint {path} lacks weights: {missing}")
+        return engine
+
+    # -- weights and memory -------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named weights in place (any subset per call); unknown names raise KeyError naming them."""
+        self.loader.load(weights)
+
+    def hf_weight(self, name: str) -> torch.Tensor:
+        """What the engine holds for an HF weight name: lets the hybrid engine diff it against the trainer."""
+        return self.loader.read(name)
+
+    @property
+    def asleep(self) -> bool:
+        """True when the KV cache is freed or the weights are parked off-device."""
+        return not (self.cache.allocated and self._weights_on_device)
+
+    def sleep(self) -> None:
+        """Free the KV cache and park weights on CPU (weights stay put on a CPU device). Idempotent."""
+        self.cache.free()
+        if self.device.type != "cpu" and self._weights_on_device:
+            self.model.to("cpu")
+            self._weights_on_device = False
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def wake_up(self, tags: Iterable[str] = ("weights", "kv_cache")) -> None:
+        """Bring weights back to the device and/or allocate the KV cache (tags as in vLLM). Idempotent."""
+        tags = set(tags)
+        if "weights" in tags and not self._weights_on_device:
+            self.model.to(self.device)
+            self._weights_on_device = True
+        if "kv_cache" in tags:
+            self.cache.allocate()
+
+    # -- generation ---------------------------------------------------------------------
+
+    def _loop_config(self, params: SamplingParams, prompt_width: int) -> LoopConfig:
+        if params.n < 1 or params.n > self.max_batch_size:
+            raise ValueError(f"builtin rollout: n={params.n} must be in [1, max_batch_size={self.max_batch_size}]")
+        if params.max_new_tokens < 1:
+            raise ValueError(f"builtin rollout: max_new_tokens={params.max_new_tokens} must be >= 1")
+        if prompt_width + params.max_new_tokens > self.max_seq_len:
+            raise ValueError(
+                f"builtin rollout: prompt width {prompt_width} + max_new_tokens {params.max_new_tokens} "
+                f"exceeds max_seq_len={self.max_seq_len}"
+            )
+        return LoopConfig(
+            sampler=SamplerConfig(temperature=float(params.temperature), top_k=int(params.top_k), top_p=float(params.top_p)),
+            n=int(params.n),
+            max_new_tokens=int(params.max_new_tokens),
+            stop_token_ids=tuple(int(t) for t in params.stop_token_ids),
+            repetition_stop_window=int(params.repetition_stop_window),
+            repetition_stop_prob=float(params.repetition_stop_prob),
+            pad_token_id=self.pad_token_id,
+            compact_fraction=self.compact_fraction,
+            sync_every=self.sync_every,
+        )
+
+    def _prepare(self) -> None:
+        missing = self.loader.missing()
+        if missing:
+            raise RuntimeError(f"builtin rollout: weights never loaded: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        self.wake_up()
+
+    @torch.inference_mode()
+    def generate_tensors(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Left-padded prompts [B, P] -> (output tensors of the RolloutEngine contract on CPU, rollout stats)."""
+        start = time.perf_counter()
+        self._prepare()
+        cfg = self._loop_config(params, input_ids.shape[1])
+        generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
+        ids = input_ids.to(self.device)
+        mask = attention_mask.to(self.device)
+        per_group = max(1, self.max_batch_size // cfg.n)
+        results: list[GroupResult] = []
+        for lo in range(0, ids.shape[0], per_group):
+            results.append(run_group(self.model, self.cache, ids[lo : lo + per_group], mask[lo : lo + per_group], cfg, generator))
+        self.last_step_rows = [rows for res in results for rows in res.step_rows]
+        responses = torch.cat([res.tokens for res in results]).cpu()
+        log_probs = torch.cat([res.log_probs for res in results]).cpu()
+        lengths = torch.cat([res.lengths for res in results]).cpu()
+        seconds = time.perf_counter() - start
+        out = _assemble(input_ids, attention_mask, responses, log_probs, lengths, cfg.n)
+        stats = rollout_stats(results, lengths, seconds)
+        return out, stats
+
+    def generate(self, batch: Batch, params: SamplingParams) -> Batch:
+        """Batch adapter: reads input_ids/attention_mask; every other field is carried, repeated n times interleaved."""
+        tensors, stats = self.generate_tensors(batch["input_ids"], batch["attention_mask"], params)
+        out = batch.repeat(params.n, interleave=True)
+        for key, value in tensors.items():
+            out[key] = value
+        out.meta["rollout_stats"] = stats
+        return out
+
+
+def _assemble(
+    prompts: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    responses: torch.Tensor,
+    log_probs: torch.Tensor,
+    lengths: torch.Tensor,
+    n: int,
+) -> dict[str, torch.Tensor]:
+    """Build the RolloutEngine output dict; position ids are cumsum(mask) - 1 clamped at 0 (veRL convention)."""
+    prompts = prompts.cpu().repeat_interleave(n, dim=0)
+    prompt_mask = prompt_mask.cpu().repeat_interleave(n, dim=0)
+    r = responses.shape[1]
+    response_mask = (torch.arange(r)[None, :] < lengths[:, None]).to(prompt_mask.dtype)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    return {
+        "prompts": prompts,
+        "responses": responses,
+        "response_mask": response_mask,
+        "input_ids": torch.cat([prompts, responses], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0),
+        "rollout_log_probs": log_probs,
+    }

@@ -1,0 +1,90 @@
+"""Preallocated KV cache for batched decoding of left-padded rows.
+
+One tensor [layers, 2, max_batch, kv_heads, max_len, head_dim] allocated once (on wake
+or first use) and freed on sleep, so decoding never reallocates and the memory the
+rollout engine holds is a single, predictable block. Active rows always occupy the
+prefix [0, n): dropping finished rows is a gather of that prefix (`compact`), which
+keeps every per-step op working on contiguous leading slices.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Per-layer K/V views over one preallocated block, plus the key-validity mask for prompt padding."""
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        max_batch: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        self.shape = (num_layers, 2, max_batch, kv_heads, max_len, head_dim)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+        self.max_len = max_len
+        self._kv: torch.Tensor | None = None
+        self._key_valid: torch.Tensor | None = None
+
+    @property
+    def allocated(self) -> bool:
+        return self._kv is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache occupies when allocated."""
+        numel = 1
+        for s in self.shape:
+            numel *= s
+        return numel * torch.empty((), dtype=self.dtype).element_size()
+
+    def allocate(self) -> None:
+        """Allocate the block if it is not there yet (idempotent)."""
+        if self._kv is None:
+            self._kv = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            self._key_valid = torch.ones(self.max_batch, self.max_len, dtype=torch.bool, device=self.device)
+
+    def free(self) -> None:
+        """Drop the block (idempotent); the caller empties the device allocator cache if it wants the memory back."""
+        self._kv = None
+        self._key_valid = None
+
+    def _block(self) -> torch.Tensor:
+        if self._kv is None:
+            raise RuntimeError("builtin rollout: KV cache is not allocated (engine asleep?)")
+        return self._kv
+
+    def k(self, layer: int) -> torch.Tensor:
+        """[max_batch, kv_heads, max_len, head_dim] keys of one layer."""
+        return self._block()[layer, 0]
+
+    def v(self, layer: int) -> torch.Tensor:
+        """[max_batch, kv_heads, max_len, head_dim] values of one layer."""
+        return self._block()[layer, 1]
+
+    @property
+    def key_valid(self) -> torch.Tensor:
+        """[max_batch, max_len] bool: False on prompt padding slots; everything else is valid once written."""
+        self._block()
+        assert self._key_valid is not None
+        return self._key_valid
+
+    def reset_key_valid(self, prompt_valid: torch.Tensor) -> None:
+        """Rows [0, n) get the prompt mask on slots [0, P) and True after."""
+        n, p = prompt_valid.shape
+        self.key_valid[:n, :p] = prompt_valid
+        self.key_valid[:n, p:] = True
+
+    def gather_rows(self, index: torch.Tensor, length: int) -> None:
+        """Rows [0, len(index)) become old rows `index` over slots [0, length) (compaction and n-sample fan-out)."""
+        kv = self._block()
+        m = index.shape[0]
+        kv[:, :, :m, :, :length] = kv[:, :, :, :, :length].index_select(2, index)
+        self.key_valid[:m, :length] = self.key_valid[:, :length].index_select(0, index)

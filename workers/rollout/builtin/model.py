@@ -1,0 +1,149 @@
+"""A compact inference-only Llama/Qwen2 decoder written for batched KV-cached decoding.
+
+Not HF modules: projections are fused at load time (q|k|v into one matrix, gate|up
+into another) and the decode step is a short straight line of torch ops, because on
+small models per-op Python overhead, not FLOPs, is what limits rollout speed.
+Numerics follow the HF reference (fp32 RoPE tables cast to the model dtype, RMSNorm
+in fp32, scale 1/sqrt(head_dim)) so log-probs match the training forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.rollout.builtin.kv_cache import KVCache
+from workers.rollout.builtin.spec import DecoderSpec
+
+
+def _param(*shape: int, dtype: torch.dtype, device: torch.device | str) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
+
+
+def _bias(enabled: bool, size: int, dtype: torch.dtype, device: torch.device | str) -> nn.Parameter | None:
+    return _param(size, dtype=dtype, device=device) if enabled else None
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block: fused qkv -> RoPE -> attention over the cache -> o_proj; fused gate_up MLP."""
+
+    def __init__(self, spec: DecoderSpec, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        d, hd = spec.hidden_size, spec.head_dim
+        qkv_out = (spec.num_heads + 2 * spec.num_kv_heads) * hd
+        self.input_norm = _param(d, dtype=dtype, device=device)
+        self.qkv_w = _param(qkv_out, d, dtype=dtype, device=device)
+        self.qkv_b = _bias(spec.qkv_bias, qkv_out, dtype, device)
+        self.o_w = _param(d, spec.num_heads * hd, dtype=dtype, device=device)
+        self.o_b = _bias(spec.o_bias, d, dtype, device)
+        self.post_norm = _param(d, dtype=dtype, device=device)
+        self.gate_up_w = _param(2 * spec.intermediate_size, d, dtype=dtype, device=device)
+        self.gate_up_b = _bias(spec.mlp_bias, 2 * spec.intermediate_size, dtype, device)
+        self.down_w = _param(d, spec.intermediate_size, dtype=dtype, device=device)
+        self.down_b = _bias(spec.mlp_bias, d, dtype, device)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF RMSNorm: normalise in fp32, cast back, then scale (the cast order matters for bf16)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x*cos + rotate_half(x)*sin, with rotate_half folded into a roll and a sign-flipped sin table."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
+
+
+class CompactDecoder(nn.Module):
+    """Weights plus two entry points: `prefill` (whole left-padded prompts) and `decode` (one token per row)."""
+
+    def __init__(self, spec: DecoderSpec, *, dtype: torch.dtype, device: torch.device | str, max_positions: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embed = _param(spec.vocab_size, spec.hidden_size, dtype=dtype, device=device)
+        self.layers = nn.ModuleList(DecoderLayer(spec, dtype, device) for _ in range(spec.num_layers))
+        self.final_norm = _param(spec.hidden_size, dtype=dtype, device=device)
+        self.lm_head = self.embed if spec.tie_word_embeddings else _param(
+            spec.vocab_size, spec.hidden_size, dtype=dtype, device=device
+        )
+        cos, sin = self._rope_tables(max_positions, device)
+        self.register_buffer("rope_cos", cos.to(dtype), persistent=False)
+        self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
+
+    def _rope_tables(self, max_positions: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        hd = self.spec.head_dim
+        inv_freq = 1.0 / (self.spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float().to(device) / hd))
+        freqs = torch.arange(max_positions, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        sin = emb.sin()
+        sin_signed = torch.cat((-sin[:, : hd // 2], sin[:, hd // 2 :]), dim=-1)
+        return emb.cos(), sin_signed
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows for `positions` (any shape), with a trailing head axis for broadcasting."""
+        return self.rope_cos[positions].unsqueeze(-2), self.rope_sin[positions].unsqueeze(-2)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(rms_norm(x, self.final_norm, self.spec.rms_norm_eps), self.lm_head)
+
+    def _mlp(self, layer: DecoderLayer, x: torch.Tensor) -> torch.Tensor:
+        h = rms_norm(x, layer.post_norm, self.spec.rms_norm_eps)
+        gate_up = F.linear(h, layer.gate_up_w, layer.gate_up_b)
+        inter = self.spec.intermediate_size
+        act = F.silu(gate_up[..., :inter]).mul_(gate_up[..., inter:])
+        return x + F.linear(act, layer.down_w, layer.down_b)
+
+    def prefill(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """Run left-padded prompts [n, P], fill cache slots [0, P) of rows [0, n); return last-token logits [n, V]."""
+        s = self.spec
+        n, p = input_ids.shape
+        h_q, h_kv, hd = s.num_heads, s.num_kv_heads, s.head_dim
+        causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
+        # Pad queries see only themselves so no row is fully masked (no NaN enters the cache).
+        eye = torch.eye(p, dtype=torch.bool, device=input_ids.device)
+        mask = ((causal & key_valid[:, None, :]) | eye).unsqueeze(1)
+        cos, sin = self._rope(positions)
+        x = F.embedding(input_ids, self.embed)
+        for i, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.input_norm, s.rms_norm_eps)
+            qkv = F.linear(h, layer.qkv_w, layer.qkv_b).view(n, p, h_q + 2 * h_kv, hd)
+            qk = apply_rope(qkv[:, :, : h_q + h_kv], cos, sin)
+            q = qk[:, :, :h_q].transpose(1, 2)
+            k = qk[:, :, h_q:].transpose(1, 2)
+            v = qkv[:, :, h_q + h_kv :].transpose(1, 2)
+            cache.k(i)[:n, :, :p] = k
+            cache.v(i)[:n, :, :p] = v
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h_q != h_kv)
+            x = x + F.linear(attn.transpose(1, 2).reshape(n, p, h_q * hd), layer.o_w, layer.o_b)
+            x = self._mlp(layer, x)
+        return self._logits(x[:, -1])
+
+    def decode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, slot: int, cache: KVCache, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One token per row for rows [0, n): write K/V at `slot`, attend over slots [0, slot]; return logits [n, V].
+
+        The G query heads sharing one KV head are folded into the query-length axis, so
+        SDPA sees plain multi-head attention with no K/V expansion.
+        """
+        s = self.spec
+        n = tokens.shape[0]
+        h_q, h_kv, hd = s.num_heads, s.num_kv_heads, s.head_dim
+        length = slot + 1
+        cos, sin = self._rope(positions)
+        x = F.embedding(tokens, self.embed)
+        for i, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.input_norm, s.rms_norm_eps)
+            qkv = F.linear(h, layer.qkv_w, layer.qkv_b).view(n, h_q + 2 * h_kv, hd)
+            qk = apply_rope(qkv[:, : h_q + h_kv], cos, sin)
+            k_all, v_all = cache.k(i), cache.v(i)
+            k_all[:n, :, slot] = qk[:, h_q:]
+            v_all[:n, :, slot] = qkv[:, h_q + h_kv :]
+            q = qk[:, :h_q].view(n, h_kv, h_q // h_kv, hd)
+            attn = F.scaled_dot_product_attention(q, k_all[:n, :, :length], v_all[:n, :, :length], attn_mask=attn_mask)
+            x = x + F.linear(attn.reshape(n, h_q * hd), layer.o_w, layer.o_b)
+            x = self._mlp(layer, x)
+        return self._logits(x)
