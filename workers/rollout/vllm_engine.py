@@ -11,16 +11,11 @@ truncated distribution actually sampled from; a one-time warning and the stat
 `log_probs_truncated` say so. (On CUDA the processed modes also disable FlashInfer's
 fused top-k/top-p sampler; vLLM falls back to its PyTorch sampler.)
 
-Weights. `load_weights` may be called once per bucket. vLLM's `reload_weights` cannot take
-buckets: each call restarts its layer-wise reload, and a fused layer (qkv_proj, gate_up_proj)
-that gets only some of its parts is rebuilt from uninitialised memory (measured: greedy
-tokens still agreed but log-probs were 0.014 off). So the first bucket opens one layer-wise
-reload session (vLLM's own `initialize_layerwise_reload`), every bucket feeds
-`model.load_weights`, and `finish_weight_update()` closes it (`finalize_layerwise_reload`)
-and resets the prefix cache, whose KV was computed with the old weights. A layer is
-processed as soon as all its parts arrived, so only incomplete layers are buffered. The
-session closes by itself at `wake_up` and `generate`. An update must cover every tensor of
-the checkpoint at `model_path` (checked against its safetensors headers) or it raises.
+Weights. `load_weights` takes one bucket per call; the first opens a layer-wise reload session
+(see vllm_weights.py for why vLLM's `reload_weights` cannot take buckets) and
+`finish_weight_update()` closes it and resets the prefix cache, whose KV was computed with
+the old weights. The session also closes by itself at `wake_up` and `generate`. An update must
+cover every tensor of the checkpoint at `model_path` (its safetensors headers) or it raises.
 
 Sleep. Where vLLM has sleep mode (CUDA/ROCm/XPU) and `sleep_level` > 0: level 1 offloads
 weights and drops the KV cache, level 2 drops both (the next update must then be complete).
@@ -48,6 +43,7 @@ import torch
 
 from workers.batch import Batch
 from workers.rollout.base import SamplingParams
+from workers.rollout import vllm_weights
 from workers.rollout.vllm_env import import_vllm
 
 logger = logging.getLogger(__name__)
@@ -55,40 +51,6 @@ logger = logging.getLogger(__name__)
 WEIGHTS_TAG = "weights"
 KV_CACHE_TAG = "kv_cache"
 LOGPROBS_MODE = "processed_logprobs"
-
-
-# --- functions run inside vLLM's worker (collective_rpc passes the worker as first arg) ---
-
-
-def _worker_model(worker: Any) -> torch.nn.Module:
-    return worker.model_runner.get_model()
-
-
-def _begin_reload(worker: Any) -> None:
-    from vllm.config import set_current_vllm_config
-    from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
-
-    with set_current_vllm_config(worker.vllm_config):
-        initialize_layerwise_reload(_worker_model(worker))
-
-
-def _load_bucket(worker: Any, bucket: list[tuple[str, torch.Tensor]]) -> None:
-    from vllm.config import set_current_vllm_config
-
-    with set_current_vllm_config(worker.vllm_config), torch.no_grad():
-        _worker_model(worker).load_weights(iter(bucket))
-
-
-def _finish_reload(worker: Any) -> None:
-    from vllm.config import set_current_vllm_config
-    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
-
-    with set_current_vllm_config(worker.vllm_config):
-        finalize_layerwise_reload(_worker_model(worker), worker.vllm_config.model_config)
-
-
-def _weight_bytes(worker: Any) -> int:
-    return sum(p.numel() * p.element_size() for p in _worker_model(worker).parameters())
 
 
 # --- pure helpers (no vLLM needed) --------------------------------------------------------
@@ -156,20 +118,6 @@ def assemble_outputs(
     }
 
 
-def checkpoint_tensor_names(model_path: str | Path) -> frozenset[str] | None:
-    """Tensor names stored in the directory's safetensors files (headers only); None if there are none."""
-    from safetensors import safe_open
-
-    files = sorted(Path(model_path).glob("*.safetensors"))
-    if not files:
-        return None
-    names: set[str] = set()
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            names.update(f.keys())
-    return frozenset(names)
-
-
 class VLLMRolloutEngine:
     """Generation, in-place weight updates and sleep/wake on a vLLM engine inside this process."""
 
@@ -190,7 +138,7 @@ class VLLMRolloutEngine:
         """model_path: local HF directory (config.json, *.safetensors and the tokenizer files, which vLLM
         loads at start-up even though generation is ids in, ids out; `skip_tokenizer_init` logs a traceback).
 
-        kv_cache_bytes: KV cache size; None lets vLLM size it from gpu_memory_utilization
+        kv_cache_bytes: KV cache size; 0 or None lets vLLM size it from gpu_memory_utilization
         (on CPU the env var VLLM_CPU_KVCACHE_SPACE, in GiB, overrides both).
         sleep_level: 0 never sleeps in vLLM; 1 or 2 as in `LLM.sleep` where the platform supports it.
         tensor_parallel_size > 1 uses vLLM's "external_launcher" backend: the caller must be one rank of
@@ -204,16 +152,16 @@ class VLLMRolloutEngine:
         self.model_path = str(model_path)
         self.pad_token_id = int(pad_token_id)
         self.max_model_len = int(max_model_len)
-        self.kv_cache_bytes = kv_cache_bytes
+        self.kv_cache_bytes = kv_cache_bytes if kv_cache_bytes else None
         self.sleep_level = int(sleep_level)
         self.sleep_mode = sleep_level > 0 and current_platform.is_sleep_mode_available()
-        self._expected_names = checkpoint_tensor_names(model_path)
+        self._expected_names = vllm_weights.checkpoint_tensor_names(model_path)
         start = time.perf_counter()
         self.llm = vllm.LLM(
             model=self.model_path,
             dtype=dtype,
             max_model_len=self.max_model_len,
-            kv_cache_memory_bytes=kv_cache_bytes,
+            kv_cache_memory_bytes=self.kv_cache_bytes,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             seed=seed,
@@ -239,10 +187,10 @@ class VLLMRolloutEngine:
             return
         self._wake_weights()
         if self._update_names is None:
-            self.llm.collective_rpc(_begin_reload)
+            self.llm.collective_rpc(vllm_weights.begin_reload)
             self._update_names = set()
         try:
-            self.llm.collective_rpc(_load_bucket, args=(bucket,))
+            self.llm.collective_rpc(vllm_weights.load_bucket, args=(bucket,))
         except Exception:
             self._close_update()  # put the untouched layers back before surfacing the error
             self._weights_complete = False
@@ -264,7 +212,7 @@ class VLLMRolloutEngine:
 
     def _close_update(self) -> set[str]:
         received, self._update_names = self._update_names or set(), None
-        self.llm.collective_rpc(_finish_reload)
+        self.llm.collective_rpc(vllm_weights.finish_reload)
         self._reset_prefix_cache()
         return received
 
@@ -323,7 +271,7 @@ class VLLMRolloutEngine:
         if "sleep" in self._warned:
             return
         self._warned.add("sleep")
-        weights = sum(self.llm.collective_rpc(_weight_bytes))
+        weights = sum(self.llm.collective_rpc(vllm_weights.weight_bytes))
         kv = f"{self.kv_cache_bytes / 2**20:.1f} MiB" if self.kv_cache_bytes is not None else "vLLM-sized"
         logger.info(
             "vLLM sleep mode is unavailable here (sleep_level=%d, platform has no sleep mode): sleep() only clears "
@@ -337,7 +285,7 @@ class VLLMRolloutEngine:
         from vllm import SamplingParams as VllmSamplingParams
 
         return VllmSamplingParams(
-            n=params.n,
+            n=1,
             temperature=float(params.temperature),
             top_p=float(params.top_p) if params.temperature > 0 else 1.0,
             top_k=int(params.top_k) if params.top_k > 0 else 0,  # vLLM: 0 disables
@@ -373,8 +321,10 @@ class VLLMRolloutEngine:
         prompts = prompt_token_lists(batch["input_ids"], batch["attention_mask"])
         self._check(params, prompts)
         self.wake_up()
-        requests = [{"prompt_token_ids": p} for p in prompts]
-        sampling = [self._vllm_params(params, seed=params.seed + i * params.n) for i in range(len(prompts))]
+        # One request per sample (what vLLM's n > 1 does inside anyway; it refuses n > 1 when greedy).
+        rows = [(p, params.seed + i * params.n + j) for i, p in enumerate(prompts) for j in range(params.n)]
+        requests = [{"prompt_token_ids": p} for p, _ in rows]
+        sampling = [self._vllm_params(params, seed=seed) for _, seed in rows]
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         stop_ids = frozenset(int(t) for t in params.stop_token_ids)
         window, prob = int(params.repetition_stop_window), float(params.repetition_stop_prob)
@@ -382,20 +332,19 @@ class VLLMRolloutEngine:
         responses: list[list[int]] = []
         log_probs: list[list[float]] = []
         stops = {"stop_token": 0, "repetition": 0}
-        for prompt, out in zip(prompts, outputs, strict=True):
-            if list(out.prompt_token_ids) != prompt:
+        for (prompt, _), out in zip(rows, outputs, strict=True):
+            if list(out.prompt_token_ids) != prompt or len(out.outputs) != 1:
                 raise RuntimeError("vllm rollout: vLLM returned outputs out of request order")
-            for comp in sorted(out.outputs, key=lambda c: c.index):
-                tokens = list(comp.token_ids)
-                lps = [comp.logprobs[i][tok].logprob for i, tok in enumerate(tokens)]
-                cut = repetition_stop_length(tokens, lps, stop_ids, window, log_p_min) if log_p_min is not None else None
-                if cut is not None:
-                    tokens, lps = tokens[:cut], lps[:cut]
-                    stops["repetition"] += 1
-                elif tokens and tokens[-1] in stop_ids:
-                    stops["stop_token"] += 1
-                responses.append(tokens)
-                log_probs.append(lps)
+            tokens = list(out.outputs[0].token_ids)
+            lps = [out.outputs[0].logprobs[i][tok].logprob for i, tok in enumerate(tokens)]
+            cut = repetition_stop_length(tokens, lps, stop_ids, window, log_p_min) if log_p_min is not None else None
+            if cut is not None:
+                tokens, lps = tokens[:cut], lps[:cut]
+                stops["repetition"] += 1
+            elif tokens and tokens[-1] in stop_ids:
+                stops["stop_token"] += 1
+            responses.append(tokens)
+            log_probs.append(lps)
         tensors = assemble_outputs(
             batch["input_ids"], batch["attention_mask"], responses, log_probs,
             n=params.n, width=params.max_new_tokens, pad_token_id=self.pad_token_id,

@@ -91,8 +91,9 @@ def run_group(
     done = torch.zeros(total, dtype=torch.bool, device=device)
     stop_ids = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device) if cfg.stop_token_ids else None
     window = cfg.repetition_stop_window
-    log_p_min = math.log(cfg.repetition_stop_prob) if 0.0 < cfg.repetition_stop_prob < 1.0 else None
-    run = torch.zeros(total, dtype=torch.int32, device=device) if window > 0 and log_p_min is not None else None
+    prob = cfg.repetition_stop_prob
+    log_p_min = math.log(prob) if 0.0 < prob < 1.0 else float("-inf")  # prob <= 0: every token counts
+    run = torch.zeros(total, dtype=torch.int32, device=device) if window > 0 and prob < 1.0 else None
     stop_hits = torch.zeros((), dtype=torch.long, device=device)
     rep_hits = torch.zeros((), dtype=torch.long, device=device)
     step_rows: list[int] = []

