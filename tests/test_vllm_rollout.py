@@ -64,8 +64,12 @@ def hf_model(path: Path) -> torch.nn.Module:
 
 
 def buckets_of(model: torch.nn.Module) -> list[list[tuple[str, torch.Tensor]]]:
-    """Three buckets whose borders split the fused q/k/v and gate/up groups between buckets."""
-    items = [(name, t.detach().clone()) for name, t in model.state_dict().items()]
+    """Three buckets whose borders split the fused q/k/v and gate/up groups between buckets.
+
+    Names come from `named_parameters()`, as in the hybrid engine's stream: the tied
+    `lm_head.weight` is not sent, only `model.embed_tokens.weight`.
+    """
+    items = [(name, t.detach().clone()) for name, t in model.named_parameters()]
     names = [name for name, _ in items]
     cut1 = names.index("model.layers.0.self_attn.k_proj.weight")
     cut2 = names.index("model.layers.1.mlp.up_proj.weight")
@@ -122,7 +126,8 @@ def fresh_engine_greedy(path: Path, out_file: Path, *, max_new_tokens: int) -> d
         "torch.save({k: o[k] for k in ('responses', 'rollout_log_probs')}, sys.argv[2])\n"
     )
     tests_dir = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), str(tests_dir.parent), os.environ.get("PYTHONPATH", "")])}
+    path_env = os.pathsep.join([str(tests_dir), str(tests_dir.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path_env}
     proc = subprocess.run(
         [sys.executable, "-c", code, str(path), str(out_file), str(max_new_tokens)],
         env=env, capture_output=True, text=True, timeout=240,
@@ -208,8 +213,9 @@ def test_output_contract_and_interleaving(engine, models):
     out = engine.generate(batch, params(n=n, max_new_tokens=r, stop_token_ids=stops))
     assert isinstance(engine, RolloutEngine)
     b, p = batch["input_ids"].shape
-    shapes = {"prompts": (b * n, p), "responses": (b * n, r), "response_mask": (b * n, r), "input_ids": (b * n, p + r),
-              "attention_mask": (b * n, p + r), "position_ids": (b * n, p + r), "rollout_log_probs": (b * n, r)}
+    shapes = {"prompts": (b * n, p), "responses": (b * n, r), "response_mask": (b * n, r),
+              "input_ids": (b * n, p + r), "attention_mask": (b * n, p + r), "position_ids": (b * n, p + r),
+              "rollout_log_probs": (b * n, r)}
     assert {k: tuple(out[k].shape) for k in shapes} == shapes
     assert set(out.tensors.keys()) == set(shapes) and out["rollout_log_probs"].dtype == torch.float32
     assert list(out["uid"]) == ["a"] * n + ["b"] * n + ["c"] * n and out.meta["step"] == 3
@@ -217,7 +223,8 @@ def test_output_contract_and_interleaving(engine, models):
     mask, resp, lp = out["response_mask"], out["responses"], out["rollout_log_probs"]
     lengths = mask.sum(1)
     assert torch.equal(mask, (torch.arange(r)[None] < lengths[:, None]).to(mask.dtype))  # right padding
-    assert bool((resp[mask == 0] == PAD).all()) and bool((lp[mask == 0] == 0).all()) and bool((lp[mask == 1] < 0).all())
+    assert bool((resp[mask == 0] == PAD).all()) and bool((lp[mask == 0] == 0).all())
+    assert bool((lp[mask == 1] < 0).all())
     for row, length in zip(resp.tolist(), lengths.tolist()):
         assert not set(row[: length - 1]) & set(stops)  # a stop token only ever ends a response, and is kept
         assert length == r or row[length - 1] in stops
@@ -237,7 +244,8 @@ def test_repetition_early_stop_truncates_after_the_fact(engine, models):
     load_model(engine, models["a"])
     full = engine.generate(prompt_batch(), params(n=2, max_new_tokens=16))
     window, prob = 2, 0.05
-    cut = engine.generate(prompt_batch(), params(n=2, max_new_tokens=16, repetition_stop_window=window, repetition_stop_prob=prob))
+    early = params(n=2, max_new_tokens=16, repetition_stop_window=window, repetition_stop_prob=prob)
+    cut = engine.generate(prompt_batch(), early)
     rows = 0
     for i in range(len(cut)):
         length = int(cut["response_mask"][i].sum())

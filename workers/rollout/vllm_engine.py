@@ -27,9 +27,11 @@ matches n-grams, not probabilities): responses are cut after the fact from the r
 log-probs, with the same rule as the built-in engine. Decoding runs on to the stop token or
 `max_new_tokens`, so the stop saves no rollout compute here, only training tokens.
 
-Side effects of vLLM on the hosting process (CPU backend): it seeds the global RNGs with
-`seed`, binds OpenMP threads, reduces torch threads to 1 and turns `torch.set_num_threads`
-into a no-op.
+Side effects of vLLM on the hosting process: it seeds the global RNGs with `seed`; with no
+torch.distributed group yet it creates a world-size-1 one (gloo on CPU) and its parallel groups
+live in process globals, which the engine tears down when collected: one engine per process.
+The CPU backend also binds OpenMP threads, drops torch to 1 thread and turns
+`torch.set_num_threads` into a no-op.
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from workers.batch import Batch
-from workers.rollout.base import SamplingParams
 from workers.rollout import vllm_weights
+from workers.rollout.base import SamplingParams
 from workers.rollout.vllm_env import import_vllm
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ LOGPROBS_MODE = "processed_logprobs"
 def prompt_token_lists(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
     """Left-padded [B, P] prompts -> one list of real token ids per row."""
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must be equal [B, P]")
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must be equal [B, P]"
+        )
     mask = attention_mask.bool().cpu()
     if mask.shape[1] == 0 or not bool(mask[:, -1].all()) or bool((mask[:, 1:].int() < mask[:, :-1].int()).any()):
         raise ValueError("vllm rollout: prompts must be left-padded and non-empty (attention_mask 0...01...1 per row)")
@@ -250,7 +254,9 @@ class VLLMRolloutEngine:
             return
         self.finish_weight_update()
         if not self._weights_complete:
-            raise RuntimeError("vllm rollout: weights were dropped (sleep level 2) or partly updated; load all weights first")
+            raise RuntimeError(
+                "vllm rollout: weights were dropped (sleep level 2) or partly updated; load all weights first"
+            )
         if not self._kv_awake:
             if self.sleep_mode:
                 self.llm.wake_up(tags=[KV_CACHE_TAG])
@@ -301,7 +307,9 @@ class VLLMRolloutEngine:
         if params.n < 1 or params.max_new_tokens < 1:
             raise ValueError(f"vllm rollout: n={params.n} and max_new_tokens={params.max_new_tokens} must be >= 1")
         if params.temperature < 0 or not 0.0 < params.top_p <= 1.0:
-            raise ValueError(f"vllm rollout: temperature={params.temperature} must be >= 0, top_p={params.top_p} in (0, 1]")
+            raise ValueError(
+                f"vllm rollout: temperature={params.temperature} must be >= 0, top_p={params.top_p} in (0, 1]"
+            )
         longest = max((len(p) for p in prompts), default=0)
         if longest + params.max_new_tokens > self.max_model_len:
             raise ValueError(

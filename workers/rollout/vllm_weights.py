@@ -42,12 +42,38 @@ def load_bucket(worker: Any, bucket: list[tuple[str, torch.Tensor]]) -> None:
 
 
 def finish_reload(worker: Any) -> None:
-    """Process what is still buffered and restore untouched layers, in the original storage."""
+    """Process what is still buffered, restore untouched layers, then refresh tied aliases."""
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
     with set_current_vllm_config(worker.vllm_config):
         finalize_layerwise_reload(_model(worker), worker.vllm_config.model_config)
+        _refresh_tied_layers(_model(worker))
+
+
+def _refresh_tied_layers(model: torch.nn.Module) -> None:
+    """Re-run weight post-processing on unquantized layers that share their weight with another layer.
+
+    A tied `lm_head` holds the same Parameter as `embed_tokens`, but streams send it once, as
+    `model.embed_tokens.weight`, so the head layer is never reloaded. Its storage then holds the
+    new values, yet on CPU vLLM computes logits from a packed copy made at load time
+    (`dispatch_cpu_unquantized_gemm`): without this the head keeps the old weights (measured:
+    log-probs 0.13 off after one small update). Elsewhere the post-processing is a no-op.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    users: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if weight is not None:
+            users.setdefault(id(weight), []).append(module)
+    for modules in users.values():
+        if len(modules) < 2:
+            continue
+        for module in modules:
+            method = getattr(module, "quant_method", None)
+            if isinstance(method, UnquantizedEmbeddingMethod):
+                method.process_weights_after_loading(module)
 
 
 def weight_bytes(worker: Any) -> int:
