@@ -5,7 +5,6 @@ Models are tiny Llama / Qwen2 configs with random init (no hub access); the whol
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -13,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from workers.batch import Batch
 from workers.rollout.base import RolloutEngine, SamplingParams
 from workers.rollout.builtin import BuiltinRolloutEngine, spec_from_hf_config
+from workers.rollout.builtin.model import decode_attention
 from workers.rollout.builtin.sampling import SamplerConfig, sample_next
 
 VOCAB, PAD, STOP = 40, 0, 3
@@ -171,6 +171,18 @@ def test_sampler_follows_softmax_and_filters():
     assert set(tokens.tolist()) == {0, 1}  # p(0)=0.53 < 0.6, p(0)+p(1)=0.73 >= 0.6
 
 
+def test_cpu_and_accelerator_attention_paths_agree():
+    """The CPU matmul path (mask = padding) and the SDPA path used on accelerators (mask = valid) match."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 2, 8, generator=g), torch.randn(3, 2, 5, 8, generator=g), torch.randn(3, 2, 5, 8, generator=g))
+    valid = torch.ones(3, 1, 1, 5, dtype=torch.bool)
+    valid[1, ..., :2] = False
+    cpu = decode_attention(q, k, v, ~valid, on_cpu=True)
+    sdpa = decode_attention(q, k, v, valid, on_cpu=False)
+    assert torch.allclose(cpu, sdpa, atol=1e-6)
+    assert torch.allclose(decode_attention(q, k, v, None, on_cpu=True), decode_attention(q, k, v, None, on_cpu=False), atol=1e-6)
+
+
 def test_streamed_partial_weight_buckets_switch_outputs():
     old, new = make_hf(seed=0), make_hf(seed=7)
     engine = make_engine(old)
@@ -181,6 +193,8 @@ def test_streamed_partial_weight_buckets_switch_outputs():
         engine.load_weights(iter(bucket))
     after, _ = engine.generate_tensors(ids, mask, params())
     assert torch.equal(after["responses"], hf_greedy(new, ids, mask, 12))
+    for name, tensor in items:  # hf_weight reads back through the fused layout
+        assert torch.equal(engine.hf_weight(name), tensor), name
     assert not torch.equal(after["responses"], before["responses"])
 
 

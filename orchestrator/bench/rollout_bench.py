@@ -27,14 +27,19 @@ BENCH_MODEL = dict(
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _time_best(fn: Callable[[], Any], repeats: int) -> list[float]:
-    """Seconds of each timed call after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _time_interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call for each runner: one untimed warm-up each, then `repeats` rounds, one call of each per round.
+
+    Interleaving makes background load (CI neighbours, shared cores) hit every engine alike.
+    """
+    for fn in runs.values():
         fn()
-        times.append(time.perf_counter() - start)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -55,6 +60,30 @@ def _hf_runner(model: Any, input_ids: torch.Tensor, new_tokens: int, **kwargs: A
         )
         assert out.shape[1] == input_ids.shape[1] + new_tokens, out.shape
         return out
+
+    return run
+
+
+def _matmul_floor_runner(engine: Any, batch_size: int, prompt_len: int, new_tokens: int) -> Callable[[], Any]:
+    """Only the weight matmuls a generate call must do (prefill + decode, same shapes, same weights).
+
+    Its tokens/s is an upper bound for any engine on this machine and dtype: it shows how
+    much of a run is irreducible GEMM work and how much is everything else.
+    """
+    model = engine.model
+    weights = [w for layer in model.layers for w in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w)]
+    weights.append(model.lm_head)  # logits only at the last position of each row
+    opts = dict(dtype=model.lm_head.dtype, device=model.lm_head.device)
+    prefill = [torch.ones(batch_size * prompt_len, w.shape[1], **opts) for w in weights[:-1]]
+    prefill.append(torch.ones(batch_size, model.lm_head.shape[1], **opts))
+    decode = [torch.ones(batch_size, w.shape[1], **opts) for w in weights]
+    linear = torch.nn.functional.linear
+
+    @torch.inference_mode()
+    def run() -> None:
+        for inputs in [prefill] + [decode] * (new_tokens - 1):
+            for x, w in zip(inputs, weights):
+                linear(x, w)
 
     return run
 
@@ -110,10 +139,10 @@ def run_rollout_bench(
         "builtin (sampled, T=1)": builtin(1.0),
         "hf generate (dynamic cache)": _hf_runner(hf, input_ids, new_tokens, use_cache=True),
         "hf generate (static cache)": _hf_runner(hf, input_ids, new_tokens, cache_implementation="static"),
+        "matmul-only floor (bound)": _matmul_floor_runner(engine, batch_size, prompt_len, new_tokens),
     }
     results: dict[str, dict[str, float]] = {}
-    for name, fn in runs.items():
-        times = _time_best(fn, repeats)
+    for name, times in _time_interleaved(runs, repeats).items():
         results[name] = {
             "tokens_per_s": tokens / min(times),
             "median_tokens_per_s": tokens / statistics.median(times),

@@ -73,69 +73,119 @@ def run_group(
     prompt_len = valid.sum(dim=-1)
     positions = (valid.cumsum(dim=-1) - 1).clamp(min=0)
 
-    cache.reset_key_valid(valid.repeat_interleave(n, dim=0) if n > 1 else valid)
-    logits = model.prefill(input_ids, positions, valid, cache)
+    logits = model.prefill(input_ids, positions, valid, cache)  # prefill masks padding itself
     if n > 1:
         fan_out = torch.arange(b, device=device).repeat_interleave(n)
         cache.gather_rows(fan_out, p)
-        # gather_rows also re-gathered the (already fanned-out) padding mask: set it back to the fanned-out one
-        cache.reset_key_valid(valid.repeat_interleave(n, dim=0))
         logits = logits.index_select(0, fan_out)
+    cache.reset_key_valid(valid.repeat_interleave(n, dim=0) if n > 1 else valid)
     use_mask = not bool(valid.all())
 
-    out_tok = torch.full((total, r), cfg.pad_token_id, dtype=torch.long, device=device)
-    out_logp = torch.zeros(total, r, dtype=torch.float32, device=device)
-    lengths = torch.full((total,), r, dtype=torch.long, device=device)
     rows = torch.arange(total, device=device)
     pos = prompt_len.repeat_interleave(n) if n > 1 else prompt_len.clone()
     done = torch.zeros(total, dtype=torch.bool, device=device)
-    stop_ids = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device) if cfg.stop_token_ids else None
-    window = cfg.repetition_stop_window
-    prob = cfg.repetition_stop_prob
-    log_p_min = math.log(prob) if 0.0 < prob < 1.0 else float("-inf")  # prob <= 0: every token counts
-    run = torch.zeros(total, dtype=torch.int32, device=device) if window > 0 and prob < 1.0 else None
-    stop_hits = torch.zeros((), dtype=torch.long, device=device)
-    rep_hits = torch.zeros((), dtype=torch.long, device=device)
+    stops = _StopRule(cfg, device)
+    run = stops.new_run(total)
+    segments: list[_Segment] = [_Segment(rows, 0)]
     step_rows: list[int] = []
 
     for step in range(r):
         tok, logp = sample_next(logits, cfg.sampler, generator)
-        out_tok[rows, step] = tok
-        out_logp[rows, step] = logp
-        live = ~done
-        ended = live & torch.isin(tok, stop_ids) if stop_ids is not None else torch.zeros_like(done)
-        stop_hits += ended.sum()
-        if run is not None:
-            run = torch.where(logp > log_p_min, run + 1, 0)
-            repeated = live & ~ended & (run >= window)
-            rep_hits += repeated.sum()
-            ended = ended | repeated
-        lengths[rows] = torch.where(ended, step + 1, lengths[rows])
-        done = done | ended
+        segments[-1].append(tok, logp)
         if step == r - 1:
             break
+        ended, run = stops.step(tok, logp, run)
+        if ended is not None:  # None: nothing can end a row early, so no bookkeeping and no host syncs
+            done.logical_or_(ended)
+            if step % cfg.sync_every == 0:
+                n_done, n_active = int(done.sum()), done.shape[0]
+                if n_done == n_active:
+                    break
+                if n_done and n_done >= cfg.compact_fraction * n_active:
+                    keep = (~done).nonzero().squeeze(1)
+                    cache.gather_rows(keep, p + step)
+                    rows, pos, tok, done = rows[keep], pos[keep], tok[keep], done[keep]
+                    run = run[keep] if run is not None else None
+                    segments.append(_Segment(rows, step + 1))
         slot = p + step  # slots [0, slot) hold the prompt and the tokens decoded so far
-        if step % cfg.sync_every == 0:
-            n_done, n_active = int(done.sum()), done.shape[0]
-            if n_done == n_active:
-                break
-            if n_done and n_done >= cfg.compact_fraction * n_active:
-                keep = (~done).nonzero().squeeze(1)
-                cache.gather_rows(keep, slot)
-                rows, pos, tok, done = rows[keep], pos[keep], tok[keep], done[keep]
-                run = run[keep] if run is not None else None
-        n_active = done.shape[0]
-        step_rows.append(n_active)
-        mask = cache.key_valid[:n_active, None, None, : slot + 1] if use_mask else None
-        logits = model.decode(tok, pos, slot, cache, mask)
+        step_rows.append(tok.shape[0])
+        key_valid = cache.key_valid[: tok.shape[0], None, None, : slot + 1] if use_mask else None
+        logits = model.decode(tok, pos, slot, cache, key_valid)
         pos += 1
 
+    tokens = torch.full((total, r), cfg.pad_token_id, dtype=torch.long, device=device)
+    log_probs = torch.zeros(total, r, dtype=torch.float32, device=device)
+    for seg in segments:
+        seg.scatter(tokens, log_probs)
+    lengths, stop_token_stops, repetition_stops = stops.lengths(tokens, log_probs)
     response_mask = torch.arange(r, device=device)[None, :] < lengths[:, None]
     return GroupResult(
-        tokens=out_tok.masked_fill_(~response_mask, cfg.pad_token_id),
-        log_probs=out_logp.masked_fill_(~response_mask, 0.0),
+        tokens=tokens.masked_fill_(~response_mask, cfg.pad_token_id),
+        log_probs=log_probs.masked_fill_(~response_mask, 0.0),
         lengths=lengths,
-        stop_token_stops=int(stop_hits),
-        repetition_stops=int(rep_hits),
+        stop_token_stops=stop_token_stops,
+        repetition_stops=repetition_stops,
         step_rows=step_rows,
     )
+
+
+class _Segment:
+    """Tokens sampled for a fixed set of rows over consecutive steps; written out once at the end."""
+
+    def __init__(self, rows: torch.Tensor, first_step: int) -> None:
+        self.rows, self.first_step = rows, first_step
+        self.tokens: list[torch.Tensor] = []
+        self.log_probs: list[torch.Tensor] = []
+
+    def append(self, tokens: torch.Tensor, log_probs: torch.Tensor) -> None:
+        self.tokens.append(tokens)
+        self.log_probs.append(log_probs)
+
+    def scatter(self, tokens: torch.Tensor, log_probs: torch.Tensor) -> None:
+        if self.tokens:
+            cols = slice(self.first_step, self.first_step + len(self.tokens))
+            tokens[self.rows, cols] = torch.stack(self.tokens, dim=1)
+            log_probs[self.rows, cols] = torch.stack(self.log_probs, dim=1)
+
+
+class _StopRule:
+    """When a row ends: a stop token (kept in the response) or, MiniMax-M1 style, K tokens in a row each
+    sampled with probability > p. Evaluated per step (to stop compute) and once over the finished
+    [N, R] arrays (for lengths and counts), with the same float comparisons so both agree."""
+
+    def __init__(self, cfg: LoopConfig, device: torch.device) -> None:
+        self.device = device
+        self.stop_ids = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device) if cfg.stop_token_ids else None
+        prob = cfg.repetition_stop_prob
+        self.window = cfg.repetition_stop_window if prob < 1.0 else 0
+        self.log_p_min = math.log(prob) if prob > 0.0 else float("-inf")  # prob <= 0: every token counts
+
+    def new_run(self, rows: int) -> torch.Tensor | None:
+        return torch.zeros(rows, dtype=torch.int32, device=self.device) if self.window > 0 else None
+
+    def step(
+        self, tokens: torch.Tensor, log_probs: torch.Tensor, run: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(rows that end at this token or None if no rule is active, updated high-probability run lengths)."""
+        ended = torch.isin(tokens, self.stop_ids) if self.stop_ids is not None else None
+        if run is not None:
+            run = torch.where(log_probs > self.log_p_min, run + 1, 0)
+            repeated = run >= self.window
+            ended = repeated if ended is None else ended | repeated
+        return ended, run
+
+    def lengths(self, tokens: torch.Tensor, log_probs: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Response lengths [N] (first end inclusive, else R) and how many rows ended by each rule."""
+        n, r = tokens.shape
+        by_stop = torch.isin(tokens, self.stop_ids) if self.stop_ids is not None else torch.zeros_like(tokens, dtype=torch.bool)
+        ended = by_stop
+        if self.window > 0:
+            high = torch.cumsum((log_probs > self.log_p_min).int(), dim=1)
+            before = torch.nn.functional.pad(high, (self.window, 0))[:, :r]
+            ended = ended | (high - before >= self.window)
+        any_end = ended.any(dim=1)
+        first = ended.int().argmax(dim=1)  # index of the first end
+        lengths = torch.where(any_end, first + 1, r)
+        stop_rows = any_end & by_stop.gather(1, first[:, None]).squeeze(1)
+        n_stop = int(stop_rows.sum())
+        return lengths, n_stop, int(any_end.sum()) - n_stop

@@ -32,6 +32,8 @@ class KVCache:
         self.max_len = max_len
         self._kv: torch.Tensor | None = None
         self._key_valid: torch.Tensor | None = None
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
 
     @property
     def allocated(self) -> bool:
@@ -50,24 +52,31 @@ class KVCache:
         if self._kv is None:
             self._kv = torch.empty(self.shape, dtype=self.dtype, device=self.device)
             self._key_valid = torch.ones(self.max_batch, self.max_len, dtype=torch.bool, device=self.device)
+            self._keys = list(self._kv[:, 0].unbind(0))
+            self._values = list(self._kv[:, 1].unbind(0))
 
     def free(self) -> None:
         """Drop the block (idempotent); the caller empties the device allocator cache if it wants the memory back."""
         self._kv = None
         self._key_valid = None
+        self._keys, self._values = [], []
 
     def _block(self) -> torch.Tensor:
         if self._kv is None:
             raise RuntimeError("builtin rollout: KV cache is not allocated (engine asleep?)")
         return self._kv
 
-    def k(self, layer: int) -> torch.Tensor:
-        """[max_batch, kv_heads, max_len, head_dim] keys of one layer."""
-        return self._block()[layer, 0]
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Per layer [max_batch, kv_heads, max_len, head_dim] key views (built once per allocation)."""
+        self._block()
+        return self._keys
 
-    def v(self, layer: int) -> torch.Tensor:
-        """[max_batch, kv_heads, max_len, head_dim] values of one layer."""
-        return self._block()[layer, 1]
+    @property
+    def values(self) -> list[torch.Tensor]:
+        """Per layer [max_batch, kv_heads, max_len, head_dim] value views."""
+        self._block()
+        return self._values
 
     @property
     def key_valid(self) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """A compact inference-only Llama/Qwen2 decoder written for batched KV-cached decoding.
 
 Not HF modules: projections are fused at load time (q|k|v into one matrix, gate|up
-into another) and the decode step is a short straight line of torch ops, because on
-small models per-op Python overhead, not FLOPs, is what limits rollout speed.
+into another) and the decode step is a short straight line of torch ops with the
+residual adds folded into addmm, because on small models every op's fixed cost shows.
 Numerics follow the HF reference (fp32 RoPE tables cast to the model dtype, RMSNorm
 in fp32, scale 1/sqrt(head_dim)) so log-probs match the training forward.
 """
@@ -46,13 +46,38 @@ class DecoderLayer(nn.Module):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF RMSNorm: normalise in fp32, cast back, then scale (the cast order matters for bf16)."""
     if x.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)
-    return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
+        return torch.rms_norm(x, weight.shape, weight, eps)
+    return weight * torch.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """x*cos + rotate_half(x)*sin, with rotate_half folded into a roll and a sign-flipped sin table."""
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, on_cpu: bool
+) -> torch.Tensor:
+    """Attention of a few queries per (row, kv head) over the cache.
+
+    `mask` [n, 1, 1, L] (None: no padding) is True on padding slots on CPU, where two
+    batched matmuls and a softmax beat SDPA's flash kernel for these tiny per-head
+    problems; elsewhere it is SDPA's attend-mask (True on valid slots) and SDPA picks a fused kernel.
+    """
+    if on_cpu:
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+        if mask is not None:
+            scores.masked_fill_(mask, float("-inf"))
+        probs = scores.softmax(dim=-1) if q.dtype == torch.float32 else scores.softmax(-1, dtype=torch.float32).to(v.dtype)
+        return torch.matmul(probs, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _linear_residual(x: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x + inp @ weight.T (+ bias), as one addmm on 2-D inputs (one fewer op per call in the decode loop)."""
+    if bias is None and inp.dim() == 2:
+        return torch.addmm(x, inp, weight.t())
+    return x + F.linear(inp, weight, bias)
 
 
 class CompactDecoder(nn.Module):
@@ -90,9 +115,8 @@ class CompactDecoder(nn.Module):
     def _mlp(self, layer: DecoderLayer, x: torch.Tensor) -> torch.Tensor:
         h = rms_norm(x, layer.post_norm, self.spec.rms_norm_eps)
         gate_up = F.linear(h, layer.gate_up_w, layer.gate_up_b)
-        inter = self.spec.intermediate_size
-        act = F.silu(gate_up[..., :inter]).mul_(gate_up[..., inter:])
-        return x + F.linear(act, layer.down_w, layer.down_b)
+        gate, up = gate_up.split(self.spec.intermediate_size, dim=-1)
+        return _linear_residual(x, F.silu(gate).mul_(up), layer.down_w, layer.down_b)
 
     def prefill(
         self, input_ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, cache: KVCache
@@ -114,36 +138,39 @@ class CompactDecoder(nn.Module):
             q = qk[:, :, :h_q].transpose(1, 2)
             k = qk[:, :, h_q:].transpose(1, 2)
             v = qkv[:, :, h_q + h_kv :].transpose(1, 2)
-            cache.k(i)[:n, :, :p] = k
-            cache.v(i)[:n, :, :p] = v
+            cache.keys[i][:n, :, :p] = k
+            cache.values[i][:n, :, :p] = v
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h_q != h_kv)
             x = x + F.linear(attn.transpose(1, 2).reshape(n, p, h_q * hd), layer.o_w, layer.o_b)
             x = self._mlp(layer, x)
         return self._logits(x[:, -1])
 
     def decode(
-        self, tokens: torch.Tensor, positions: torch.Tensor, slot: int, cache: KVCache, attn_mask: torch.Tensor | None
+        self, tokens: torch.Tensor, positions: torch.Tensor, slot: int, cache: KVCache, key_valid: torch.Tensor | None
     ) -> torch.Tensor:
         """One token per row for rows [0, n): write K/V at `slot`, attend over slots [0, slot]; return logits [n, V].
 
+        `key_valid` [n, 1, 1, slot + 1] is False on prompt padding (None when no row is padded).
+
         The G query heads sharing one KV head are folded into the query-length axis, so
-        SDPA sees plain multi-head attention with no K/V expansion.
+        attention sees plain multi-head attention with no K/V expansion (GQA for free).
         """
         s = self.spec
         n = tokens.shape[0]
         h_q, h_kv, hd = s.num_heads, s.num_kv_heads, s.head_dim
-        length = slot + 1
+        split_qk_v, split_q_k = [h_q + h_kv, h_kv], [h_q, h_kv]
+        q_shape, length = (n, h_kv, h_q // h_kv, hd), slot + 1
+        on_cpu = tokens.device.type == "cpu"
+        mask = ~key_valid if on_cpu and key_valid is not None else key_valid
         cos, sin = self._rope(positions)
         x = F.embedding(tokens, self.embed)
-        for i, layer in enumerate(self.layers):
+        for layer, k_all, v_all in zip(self.layers, cache.keys, cache.values):
             h = rms_norm(x, layer.input_norm, s.rms_norm_eps)
-            qkv = F.linear(h, layer.qkv_w, layer.qkv_b).view(n, h_q + 2 * h_kv, hd)
-            qk = apply_rope(qkv[:, : h_q + h_kv], cos, sin)
-            k_all, v_all = cache.k(i), cache.v(i)
-            k_all[:n, :, slot] = qk[:, h_q:]
-            v_all[:n, :, slot] = qkv[:, h_q + h_kv :]
-            q = qk[:, :h_q].view(n, h_kv, h_q // h_kv, hd)
-            attn = F.scaled_dot_product_attention(q, k_all[:n, :, :length], v_all[:n, :, :length], attn_mask=attn_mask)
-            x = x + F.linear(attn.reshape(n, h_q * hd), layer.o_w, layer.o_b)
+            qk, v = F.linear(h, layer.qkv_w, layer.qkv_b).view(n, -1, hd).split(split_qk_v, dim=1)
+            q, k = apply_rope(qk, cos, sin).split(split_q_k, dim=1)
+            k_all[:n, :, slot] = k
+            v_all[:n, :, slot] = v
+            attn = decode_attention(q.view(q_shape), k_all[:n, :, :length], v_all[:n, :, :length], mask, on_cpu)
+            x = _linear_residual(x, attn.reshape(n, -1), layer.o_w, layer.o_b)
             x = self._mlp(layer, x)
         return self._logits(x)
