@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import timedelta
 
 import pytest
 import torch
@@ -20,34 +19,7 @@ from hybrid_engine.weight_stream import WeightStream
 
 CPU = torch.device("cpu")
 
-# -- two-rank harness (kept per file so each test file reads on its own) ------------------------
-
-
-def _tiny_qwen2(*, tie: bool, seed: int) -> torch.nn.Module:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(
-        vocab_size=50, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie,
-    )
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(cfg)
-
-
-def _fsdp2(model: torch.nn.Module) -> torch.nn.Module:
-    from torch.distributed.fsdp import fully_shard
-
-    for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
-    return model
-
-
-def _init(rank: int, world: int, init_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
-    )
+from fsdp_harness import fsdp2 as _fsdp2, init_gloo as _init, tiny_qwen2 as _tiny_qwen2
 
 
 # -- test doubles --------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         print(f"{name:<30}{r['tokens_per_s']:>14.0f}{r['median_tokens_per_s']:>16.0f}{r['tokens_per_s'] / hf_best:>11.2f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run_rollout_bench(
         batch_size=args.batch_size,
         new_tokens=args.new_tokens,

@@ -86,8 +86,6 @@ def _sampling_ranges(cfg: DictConfig) -> None:
         raise ConfigError("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     if r.top_k == 0 or r.top_k < -1:
         raise ConfigError("rollout.top_k", f"must be -1 (off) or >= 1, got {r.top_k}")
-    if r.n == 1 and r.temperature == 0:
-        pass  # allowed: a greedy single-sample rollout (ReMax baselines use it internally)
 
 
 @check

@@ -45,6 +45,7 @@ import torch
 
 from workers.batch import Batch
 from workers.rollout import vllm_weights
+from workers.rollout.layout import rollout_output
 from workers.rollout.base import SamplingParams
 from workers.rollout.vllm_env import import_vllm
 
@@ -107,19 +108,7 @@ def assemble_outputs(
         out_tok[i, : len(tok)] = torch.as_tensor(tok, dtype=prompts.dtype)
         out_lp[i, : len(lp)] = torch.as_tensor(lp, dtype=torch.float32)
         lengths[i] = len(tok)
-    prompts = prompts.cpu().repeat_interleave(n, dim=0)
-    prompt_mask = prompt_mask.cpu().repeat_interleave(n, dim=0)
-    response_mask = (torch.arange(width)[None, :] < lengths[:, None]).to(prompt_mask.dtype)
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    return {
-        "prompts": prompts,
-        "responses": out_tok,
-        "response_mask": response_mask,
-        "input_ids": torch.cat([prompts, out_tok], dim=1),
-        "attention_mask": attention_mask,
-        "position_ids": (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0),
-        "rollout_log_probs": out_lp,
-    }
+    return rollout_output(prompts, prompt_mask, out_tok, out_lp, lengths, n)
 
 
 class VLLMRolloutEngine:

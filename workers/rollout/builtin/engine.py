@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import torch
 
 from workers.batch import Batch
+from workers.rollout.layout import rollout_output
 from workers.rollout.base import SamplingParams
 from workers.rollout.builtin.decode_loop import GroupResult, LoopConfig, run_group
 from workers.rollout.builtin.kv_cache import KVCache
@@ -183,7 +184,7 @@ class BuiltinRolloutEngine:
         log_probs = torch.cat([res.log_probs for res in results]).cpu()
         lengths = torch.cat([res.lengths for res in results]).cpu()
         seconds = time.perf_counter() - start
-        out = _assemble(input_ids, attention_mask, responses, log_probs, lengths, cfg.n)
+        out = rollout_output(input_ids, attention_mask, responses, log_probs, lengths, cfg.n)
         stats = rollout_stats(results, lengths, seconds)
         return out, stats
 
@@ -195,28 +196,3 @@ class BuiltinRolloutEngine:
             out[key] = value
         out.meta["rollout_stats"] = stats
         return out
-
-
-def _assemble(
-    prompts: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    responses: torch.Tensor,
-    log_probs: torch.Tensor,
-    lengths: torch.Tensor,
-    n: int,
-) -> dict[str, torch.Tensor]:
-    """Build the RolloutEngine output dict; position ids are cumsum(mask) - 1 clamped at 0 (veRL convention)."""
-    prompts = prompts.cpu().repeat_interleave(n, dim=0)
-    prompt_mask = prompt_mask.cpu().repeat_interleave(n, dim=0)
-    r = responses.shape[1]
-    response_mask = (torch.arange(r)[None, :] < lengths[:, None]).to(prompt_mask.dtype)
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    return {
-        "prompts": prompts,
-        "responses": responses,
-        "response_mask": response_mask,
-        "input_ids": torch.cat([prompts, responses], dim=1),
-        "attention_mask": attention_mask,
-        "position_ids": (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0),
-        "rollout_log_probs": log_probs,
-    }
