@@ -151,6 +151,7 @@ class OverlongConfig:
 @dataclass
 class RewardConfig:
     rule_fn: str = MISSING  # registry key of orchestrator.rewards
+    accuracy_fn: str = MISSING  # 0/1 reward reported as accuracy (train/accuracy, val/accuracy)
     rule_weight: float = MISSING
     rule_kwargs: dict[str, Any] = field(default_factory=dict)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
@@ -196,8 +197,8 @@ class ClusterConfig:
     cpus_per_worker: float = MISSING
     local_num_cpus: int = MISSING  # logical CPUs of a local cluster
     object_store_bytes: int = MISSING
-    placement: str = MISSING  # colocated | split
-    rollout_devices_per_node: int = MISSING  # split placement: rollout pool size per node
+    placement: str = MISSING  # colocated (rollout in the actor's processes) | split (rollout in a pool of its own)
+    rollout_devices_per_node: int = MISSING  # split placement: rollout pool size per node, besides devices_per_node
     rpc_timeout_s: float = MISSING  # bound on every remote call
     init_timeout_s: float = MISSING  # bound on actor start-up and process-group rendezvous
 
@@ -222,6 +223,21 @@ class SFTConfig:
 
 
 @dataclass
+class RMConfig:
+    base_model_path: str = MISSING  # causal-LM checkpoint the reward model starts from (a score head is added)
+    output_path: str = MISSING  # where the HF sequence-classification checkpoint is written (atomically)
+    train_files: list[str] = MISSING  # preference parquet files; empty: pairs generated from the task
+    prompt_key: str = MISSING  # column with the prompt
+    chosen_key: str = MISSING  # column with the preferred response
+    rejected_key: str = MISSING  # column with the dispreferred response
+    val_pairs: int = MISSING  # pairs held out for the pairwise accuracy reported at the end
+    steps: int = MISSING  # optimizer steps
+    batch_size: int = MISSING  # pairs per optimizer step
+    micro_batch_size: int = MISSING  # rows per forward/backward on one rank (2 per pair; even)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
 class TaskConfig:
     name: str = MISSING  # registry key of orchestrator.tasks
     params: dict[str, Any] = field(default_factory=dict)  # the task's data-generation arguments
@@ -242,3 +258,4 @@ class BatonConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rm: RMConfig = field(default_factory=RMConfig)

@@ -78,6 +78,15 @@ def _choices(cfg: DictConfig) -> None:
 
 
 @check
+def _placement(cfg: DictConfig) -> None:
+    c = cfg.cluster
+    if c.placement == "split" and c.rollout_devices_per_node < 1:
+        raise ConfigError("cluster.rollout_devices_per_node",
+                          f"cluster.placement=split runs rollout in a pool of its own: needs >= 1 rollout "
+                          f"device (or CPU slot) per node, got {c.rollout_devices_per_node}")
+
+
+@check
 def _sampling_ranges(cfg: DictConfig) -> None:
     r = cfg.rollout
     if r.temperature < 0:
@@ -103,6 +112,7 @@ def _registries(cfg: DictConfig) -> None:
     _one_of("actor.kl_loss_type", cfg.actor.kl_loss_type, kl.KL_ESTIMATORS)
     _one_of("algorithm.kl_penalty", cfg.algorithm.kl_penalty, kl.KL_ESTIMATORS)
     _one_of("reward.rule_fn", cfg.reward.rule_fn, rewards.list_rewards())
+    _one_of("reward.accuracy_fn", cfg.reward.accuracy_fn, rewards.list_rewards())
     _one_of("task.name", cfg.task.name, tasks.list_tasks())
 
 
@@ -124,6 +134,27 @@ def _roles_the_algorithm_needs(cfg: DictConfig) -> None:
         raise ConfigError("rollout.n", "dynamic sampling drops zero-variance groups: needs rollout.n >= 2")
 
 
+# --- critic, reward model and reward-model training (`baton rm`) ---------------------------------------
+
+
+@check
+def _critic_and_reward_model_sizes(cfg: DictConfig) -> None:
+    _positive(cfg, "critic.ppo_epochs", "critic.micro_batch_size", "critic.cliprange_value",
+              "reward.reward_model.micro_batch_size")
+
+
+@check
+def _rm_sizes(cfg: DictConfig) -> None:
+    _positive(cfg, "rm.steps", "rm.batch_size", "rm.micro_batch_size", "rm.val_pairs")
+    _one_of("rm.optim.schedule", cfg.rm.optim.schedule, ["constant", "cosine"])
+    if cfg.rm.micro_batch_size % 2:
+        raise ConfigError("rm.micro_batch_size", f"must be even (a pair is 2 rows), got {cfg.rm.micro_batch_size}")
+    world = dp_world_size(cfg)
+    if cfg.rm.batch_size % world:
+        raise ConfigError("rm.batch_size", f"{cfg.rm.batch_size} pairs are not divisible by the data-parallel "
+                          f"size {world} (cluster.nnodes x cluster.devices_per_node)")
+
+
 def _model_dir_ok(key: str, path: str | None, hint: str) -> None:
     if not path:
         raise ConfigError(key, f"no model path is set; {hint}")
@@ -138,8 +169,10 @@ def check_model_paths(cfg: DictConfig) -> None:
     _model_dir_ok("model.path", cfg.model.path, hint)
     if cfg.critic.model_path and _needs_critic(cfg):
         _model_dir_ok("critic.model_path", cfg.critic.model_path, hint)
+        _same_vocab("critic.model_path", cfg.critic.model_path, cfg.model.path)
     if cfg.reward.reward_model.enable:
         _model_dir_ok("reward.reward_model.path", cfg.reward.reward_model.path, "train one with `baton rm`")
+        _same_vocab("reward.reward_model.path", cfg.reward.reward_model.path, cfg.model.path)
     for key in ("data.train_files", "data.val_files"):
         for i, f in enumerate(cfg.data[key.split(".")[1]]):
             if not Path(f).is_file():
@@ -155,6 +188,21 @@ def _needs_critic(cfg: DictConfig) -> bool:
     from orchestrator.advantages import registry as adv
 
     return adv.get_advantage_estimator(cfg.algorithm.adv_estimator).needs_critic
+
+
+def _same_vocab(key: str, path: str, policy_path: str) -> None:
+    """Critic and reward model read the policy's token ids, so they must share its vocabulary."""
+    mine, policy = _hf_config(path).get("vocab_size"), _hf_config(policy_path).get("vocab_size")
+    if mine != policy:
+        raise ConfigError(key, f"'{path}' has vocab_size={mine} but the policy model.path has {policy}; "
+                          "it must share the policy's tokenizer")
+
+
+def _hf_config(path: str) -> dict:
+    import json
+
+    conf = json.loads((Path(path) / "config.json").read_text())
+    return conf.get("text_config", conf)
 
 
 def _max_positions(path: str) -> int | None:

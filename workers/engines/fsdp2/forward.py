@@ -72,14 +72,19 @@ def reward_forward(module: nn.Module, batch: Batch, device: torch.device) -> dic
     handle = module.score.register_forward_hook(lambda _m, _i, out: captured.append(out))
     inputs = _inputs(batch, device)
     try:
-        module(**inputs, use_cache=False)
+        out = module(**inputs, use_cache=False)
     finally:
         handle.remove()
     per_token = captured[0][..., 0].float()  # [b, T]
     mask = inputs["attention_mask"]
     positions = torch.arange(mask.shape[1], device=mask.device)
     last = (positions * (mask > 0)).argmax(dim=-1)
-    return {"scores": per_token[torch.arange(per_token.shape[0], device=mask.device), last]}
+    scores = per_token[torch.arange(per_token.shape[0], device=mask.device), last]
+    if torch.is_grad_enabled():
+        # FSDP2 re-gathers the root group's parameters (the score head among them) for backward from a
+        # hook on the root module's outputs; the captured scores bypass those, so tie them in (adds 0).
+        scores = scores + 0.0 * out.logits.float().sum()
+    return {"scores": scores}
 
 
 def model_forward(

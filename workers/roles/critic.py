@@ -1,0 +1,90 @@
+"""The critic: an FSDP2 value model (same architecture as the policy, a scalar head per token)
+trained by clipped value regression on the returns of the advantage estimator (PPO/GAE)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from workers.batch import Batch
+from workers.engines import LossFn, LossNorm
+from workers.engines.fsdp2.engine import FSDPEngine
+from workers.losses.aggregation import LossAgg
+from workers.losses.value import value_loss
+from workers.roles.engine_specs import fsdp_spec, optim_spec
+from workers.runtime import Dispatch, Worker, WorkerContext, register
+
+# engine metric -> logged name (the engine reports these for every optimizer step)
+_ENGINE_METRICS = {"loss": "critic/vf_loss", "grad_norm": "critic/grad_norm", "lr": "critic/lr",
+                   "step_skipped": "critic/step_skipped"}
+
+
+def critic_optimizer_steps(cfg: DictConfig) -> int:
+    """Optimizer steps over the run: mini-batches per step x critic epochs x RL steps."""
+    per_step = cfg.data.train_batch_size // cfg.actor.ppo_mini_batch_size
+    return cfg.trainer.total_steps * per_step * cfg.critic.ppo_epochs
+
+
+def make_critic_loss(cfg: DictConfig) -> LossFn:
+    """Clipped value loss around the values the advantages were computed with (batch key `values`).
+
+    Batch tensors stay on the host until here, so they are moved to the value head's device.
+    """
+    mode = cfg.critic.loss_agg_mode
+    constant = float(cfg.rollout.max_new_tokens) if mode == "seq-mean-token-sum-norm" else None
+
+    def loss_fn(outputs: dict[str, Tensor], mb: Batch, norm: LossNorm) -> tuple[Tensor, Mapping[str, Tensor]]:
+        values = outputs["values"]
+        old, returns, mask = (mb[k].to(values.device) for k in ("values", "returns", "response_mask"))
+        agg = LossAgg(mode, norm.global_tokens, norm.global_seqs, constant)
+        loss, metrics = value_loss(values, old, returns, mask, cliprange_value=cfg.critic.cliprange_value, agg=agg)
+        return loss, {"critic/vf_clipfrac": metrics["vf_clipfrac"], "critic/values_mean": metrics["vpred_mean"]}
+
+    return loss_fn
+
+
+class CriticWorker(Worker):
+    def __init__(self, ctx: WorkerContext, cfg: DictConfig):
+        super().__init__(ctx)
+        self.cfg = cfg
+        self.engine = FSDPEngine(
+            fsdp_spec(cfg.critic.model_path, "value", cfg.model, use_gpu=cfg.cluster.use_gpu, seed=cfg.trainer.seed,
+                      trainable=True),
+            optim_spec(cfg.critic.optim, critic_optimizer_steps(cfg)), device=ctx.device)
+        self.loss_fn = make_critic_loss(cfg)
+        # its own stream (not the actor's), so adding a critic leaves the actor's mini-batch order unchanged
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + 500 + ctx.rank)
+
+    @register(Dispatch.DP)
+    def compute_values(self, batch: Batch) -> Batch:
+        """`values` [B, R]: V of the state before each response token (the baseline GAE needs)."""
+        values = self.engine.compute_values(batch, micro_batch_size=self.cfg.critic.micro_batch_size)
+        return Batch.from_dict({"values": values})
+
+    @register(Dispatch.DP)
+    def update_critic(self, batch: Batch) -> dict[str, float]:
+        """Critic epochs over this rank's rows, one optimizer step per mini-batch (the actor's mini-batches)."""
+        num_mini = self.cfg.data.train_batch_size // self.cfg.actor.ppo_mini_batch_size
+        rows = len(batch) // num_mini
+        history: dict[str, list[float]] = {}
+        for _ in range(self.cfg.critic.ppo_epochs):
+            order = torch.randperm(len(batch), generator=self.shuffle_gen) if self.cfg.actor.shuffle_mini_batches \
+                else torch.arange(len(batch))
+            shuffled = batch.index(order)
+            for i in range(num_mini):
+                metrics = self.engine.train_mini_batch(
+                    shuffled.slice(i * rows, (i + 1) * rows), self.loss_fn,
+                    micro_batch_size=self.cfg.critic.micro_batch_size, temperature=None, with_entropy=False)
+                for k, v in metrics.items():
+                    history.setdefault(_ENGINE_METRICS.get(k, k), []).append(float(v))
+        return {k: sum(v) / len(v) for k, v in history.items()}
+
+    @register(Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, directory: str) -> None:
+        self.engine.save_checkpoint(directory)
+
+    @register(Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, directory: str) -> None:
+        self.engine.load_checkpoint(directory)

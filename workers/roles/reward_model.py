@@ -1,0 +1,26 @@
+"""The reward model: a frozen FSDP2 sequence-classification model (from `baton rm`) that scores
+each prompt + response with one float, read at the row's last attended token."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from workers.batch import Batch
+from workers.engines.fsdp2.engine import FSDPEngine
+from workers.roles.engine_specs import fsdp_spec
+from workers.runtime import Dispatch, Worker, WorkerContext, register
+
+
+class RewardModelWorker(Worker):
+    def __init__(self, ctx: WorkerContext, cfg: DictConfig):
+        super().__init__(ctx)
+        self.cfg = cfg
+        self.engine = FSDPEngine(
+            fsdp_spec(cfg.reward.reward_model.path, "reward", cfg.model, use_gpu=cfg.cluster.use_gpu,
+                      seed=cfg.trainer.seed, trainable=False),
+            None, device=ctx.device)
+
+    @register(Dispatch.DP)
+    def compute_rm_score(self, batch: Batch) -> Batch:
+        """`rm_scores` [B]: the score of prompt + response (the response's last valid token, EOS included)."""
+        scores = self.engine.compute_scores(batch, micro_batch_size=self.cfg.reward.reward_model.micro_batch_size)
+        return Batch.from_dict({"rm_scores": scores})
