@@ -1,7 +1,8 @@
 """`baton bench <name> [flags]`: each benchmark owns its flags and prints side-by-side figures from one run."""
 from __future__ import annotations
 
-BENCHES = {"rollout": "orchestrator.bench.rollout_bench"}
+BENCHES = {"rollout": "orchestrator.bench.rollout_bench", "sync": "orchestrator.bench.sync_bench",
+           "algorithms": "orchestrator.bench.algorithms_bench"}
 
 
 def bench_main(argv: list[str]) -> None:

@@ -25,6 +25,7 @@ from orchestrator.trainer.roles import Roles
 from orchestrator.trainer.sync_check import check_rollout_matches_trainer
 from workers.batch import Batch
 from workers.rollout.base import SamplingParams
+from workers.rollout.layout import concat_rollouts
 
 log = logging.getLogger("baton.trainer")
 
@@ -39,6 +40,7 @@ class RLTrainer:
                  train_rows: list[dict], val_rows: list[dict], tracker: Tracker):
         self.cfg, self.tok, self.roles, self.tracker = cfg, tokenizer, roles, tracker
         self.actor, self.ref, self.critic, self.rm = roles.actor, roles.ref, roles.critic, roles.reward_model
+        self.rollout = roles.rollout  # the actor group itself when colocated, its own pool when split
         self.stream = PromptStream(train_rows, cfg.data.train_batch_size, cfg.trainer.seed, cfg.data.shuffle)
         self.val_rows = val_rows[: cfg.data.val_size] if cfg.data.val_size else val_rows
         self.estimator = get_advantage_estimator(cfg.algorithm.adv_estimator)
@@ -82,7 +84,7 @@ class RLTrainer:
             prompts = prompts_to_batch(self.stream.next_rows(), self.tok, uid_prefix=f"s{self.step}r{rounds}")
             params = self.sampling(n=self.cfg.rollout.n, temperature=self.cfg.rollout.temperature,
                                    seed=self.cfg.trainer.seed * 100003 + self.step * 101 + rounds)
-            out = self.score(self.actor.generate(prompts, params))
+            out = self.score(self.rollout.generate(prompts, params))
             if self.estimator.needs_baseline_rollout:
                 out = self.baseline_rollout(prompts, out)
             self._rollout_metrics(out, metrics)
@@ -90,7 +92,7 @@ class RLTrainer:
                 out, n_kept, n_seen = stages.keep_informative_groups(out)
                 groups_kept, groups_seen = groups_kept + n_kept, groups_seen + n_seen
             kept.append(out)
-        batch = Batch.concat(kept)
+        batch = concat_rollouts(kept, self.tok.pad_token_id)
         if ds.enable:
             metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/groups_kept": groups_kept,
                             "dynamic_sampling/groups_seen": groups_seen})
@@ -111,7 +113,7 @@ class RLTrainer:
 
     def baseline_rollout(self, prompts: Batch, batch: Batch) -> Batch:
         """ReMax: the score of a greedy response to each prompt, repeated over that prompt's samples."""
-        greedy = self.score(self.actor.generate(prompts, self.sampling(n=1, temperature=0.0, seed=0)))
+        greedy = self.score(self.rollout.generate(prompts, self.sampling(n=1, temperature=0.0, seed=0)))
         batch["baseline_scores"] = greedy["scores"].repeat_interleave(self.cfg.rollout.n)
         return batch
 
@@ -134,7 +136,7 @@ class RLTrainer:
         tokens = float(batch["response_mask"].sum())
         with phase_timer("old_log_prob", m):
             batch = batch.union(self.actor.compute_log_prob(batch))
-        check_rollout_matches_trainer(batch, self.cfg, self.step, m, self.actor)
+        check_rollout_matches_trainer(batch, self.cfg, self.step, m, self.roles)
         if self.ref is not None:
             with phase_timer("ref", m):
                 batch = batch.union(self.ref.compute_ref_log_prob(batch))
@@ -152,7 +154,7 @@ class RLTrainer:
             with phase_timer("update_actor", m):
                 m.update(mean_metrics(self.actor.update_actor(batch)))
         with phase_timer("sync", m):
-            m.update(self.actor.sync_weights()[0])
+            m.update(self.roles.sync_weights())
         for phase in ("generate", "old_log_prob", "update_actor"):
             if f"timing_s/{phase}" in m:
                 throughput(m, phase, tokens)
@@ -163,7 +165,7 @@ class RLTrainer:
     def validate(self) -> dict[str, float]:
         prompts = prompts_to_batch(self.val_rows, self.tok, uid_prefix="val")
         params = self.sampling(n=1, temperature=self.cfg.rollout.val_temperature, seed=self.cfg.trainer.seed)
-        out = self.score(self.actor.generate(prompts, params))
+        out = self.score(self.rollout.generate(prompts, params))
         return {"val/accuracy": float(out["accuracy"].mean()), "val/reward": float(out["scores"].mean()),
                 "val/response_length": float(stages.response_lengths(out).mean())}
 
@@ -194,7 +196,7 @@ class RLTrainer:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg.trainer
         self.resume()
-        self.actor.sync_weights()
+        self.roles.sync_weights()
         start = time.monotonic()
         first_val = self.validate()
         self.tracker.log(self.step, first_val)

@@ -1,7 +1,10 @@
-"""Create exactly the worker groups the configured algorithm needs, colocated on one pool.
+"""Create exactly the worker groups the configured algorithm needs, on one pool or two.
 
 What is needed comes from registry flags and config switches (KL to a reference, a critic for
 estimators that declare one, a reward model when enabled), never from the algorithm's name.
+Where rollout runs comes from `cluster.placement`: `colocated` puts the rollout engine in the
+actor's process (hybrid engine, one pool); `split` gives it a pool of its own and syncs weights
+by broadcast. The loop sees the same `Roles` either way.
 """
 from __future__ import annotations
 
@@ -10,23 +13,38 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from orchestrator.advantages.registry import get_advantage_estimator
+from orchestrator.trainer.weight_sync import BroadcastSync, InProcessSync, WeightSync
 from workers.runtime import ResourcePool, WorkerGroup, spawn_colocated
 
 
 @dataclass
 class Roles:
     actor: WorkerGroup
+    rollout: WorkerGroup  # generates; the actor group itself when colocated
+    weights: WeightSync  # carries the actor's weights to `rollout`
     ref: WorkerGroup | None
     critic: WorkerGroup | None
     reward_model: WorkerGroup | None
     pools: list[ResourcePool] = field(default_factory=list)
 
+    def sync_weights(self) -> dict[str, float]:
+        """After an actor update: the rollout group generates with the new weights from here on."""
+        return self.weights.sync()
+
+    def weight_group_diffs(self) -> list[dict[str, float]]:
+        """Largest |trainer - rollout| per parameter group (one merged dict; a list, as a group call returns)."""
+        return [self.weights.group_diffs()]
+
+    def groups(self) -> list[WorkerGroup]:
+        found = [self.actor, self.rollout, self.ref, self.critic, self.reward_model]
+        return [g for i, g in enumerate(found) if g is not None and all(g is not h for h in found[:i])]
+
     def names(self) -> list[str]:
-        return [n for n in ("actor", "ref", "critic", "reward_model") if getattr(self, n) is not None]
+        return [g.role for g in self.groups()]
 
     def shutdown(self) -> None:
-        for name in self.names():
-            getattr(self, name).shutdown()
+        for group in self.groups():
+            group.shutdown()
         for pool in self.pools:
             pool.release()
 
@@ -40,11 +58,14 @@ def needs_critic(cfg: DictConfig) -> bool:
 
 
 def role_specs(cfg: DictConfig, pad_token_id: int) -> dict[str, tuple[type, dict]]:
-    """Role name -> (worker class, constructor kwargs), in construction order."""
-    from workers.roles.actor_rollout import ActorRolloutWorker
+    """Role name -> (worker class, constructor kwargs) of the training pool, in construction order."""
     from workers.roles.ref import RefWorker
 
-    specs: dict[str, tuple[type, dict]] = {"actor": (ActorRolloutWorker, {"cfg": cfg, "pad_token_id": pad_token_id})}
+    if cfg.cluster.placement == "split":
+        from workers.roles.split_actor import SplitActorWorker as actor_cls
+    else:
+        from workers.roles.actor_rollout import ActorRolloutWorker as actor_cls
+    specs: dict[str, tuple[type, dict]] = {"actor": (actor_cls, {"cfg": cfg, "pad_token_id": pad_token_id})}
     if needs_ref(cfg):
         specs["ref"] = (RefWorker, {"cfg": cfg})
     if needs_critic(cfg):
@@ -58,11 +79,48 @@ def role_specs(cfg: DictConfig, pad_token_id: int) -> dict[str, tuple[type, dict
     return specs
 
 
-def build_roles(cfg: DictConfig, pad_token_id: int) -> Roles:
+def rollout_spec(cfg: DictConfig, pad_token_id: int) -> dict[str, tuple[type, dict]]:
+    """The rollout pool's only role (split placement)."""
+    from workers.roles.rollout_worker import RolloutWorker
+
+    return {"rollout": (RolloutWorker, {"cfg": cfg, "pad_token_id": pad_token_id})}
+
+
+def _pool(cfg: DictConfig, name: str, devices_per_node: int) -> ResourcePool:
     c = cfg.cluster
-    pool = ResourcePool(name="hybrid", nnodes=c.nnodes, devices_per_node=c.devices_per_node, use_gpu=c.use_gpu,
+    return ResourcePool(name=name, nnodes=c.nnodes, devices_per_node=devices_per_node, use_gpu=c.use_gpu,
                         cpus_per_worker=c.cpus_per_worker, ready_timeout_s=c.init_timeout_s)
-    groups = spawn_colocated(pool, role_specs(cfg, pad_token_id), timeout_s=c.rpc_timeout_s,
-                             init_timeout_s=c.init_timeout_s)
-    return Roles(actor=groups["actor"], ref=groups.get("ref"), critic=groups.get("critic"),
-                 reward_model=groups.get("reward_model"), pools=[pool])
+
+
+def _spawn(cfg: DictConfig, pool: ResourcePool, specs: dict[str, tuple[type, dict]],
+           classes: dict[str, type]) -> dict[str, WorkerGroup]:
+    specs = {role: (classes.get(role, cls), kwargs) for role, (cls, kwargs) in specs.items()}
+    return spawn_colocated(pool, specs, timeout_s=cfg.cluster.rpc_timeout_s, init_timeout_s=cfg.cluster.init_timeout_s)
+
+
+def build_roles(cfg: DictConfig, pad_token_id: int, *, classes: dict[str, type] | None = None) -> Roles:
+    """Spawn the pools and groups. `classes` swaps a role's worker class (tests inject faults with subclasses)."""
+    classes = classes or {}
+    c = cfg.cluster
+    split = c.placement == "split"
+    train_pool = _pool(cfg, "train" if split else "hybrid", c.devices_per_node)
+    pools: list[ResourcePool] = [train_pool]
+    groups: dict[str, WorkerGroup] = {}
+    try:
+        groups.update(_spawn(cfg, train_pool, role_specs(cfg, pad_token_id), classes))
+        if split:
+            pools.append(_pool(cfg, "rollout", c.rollout_devices_per_node))
+            groups.update(_spawn(cfg, pools[-1], rollout_spec(cfg, pad_token_id), classes))
+            weights: WeightSync = BroadcastSync.connect(groups["actor"], groups["rollout"],
+                                                        init_timeout_s=c.init_timeout_s, timeout_s=c.rpc_timeout_s)
+        else:
+            groups["rollout"] = groups["actor"]
+            weights = InProcessSync(groups["actor"])
+    except Exception:  # nothing started may outlive a failed start-up
+        for group in groups.values():
+            group.shutdown()
+        for pool in pools:
+            pool.release()
+        raise
+    return Roles(actor=groups["actor"], rollout=groups["rollout"], weights=weights, ref=groups.get("ref"),
+                 critic=groups.get("critic"), reward_model=groups.get("reward_model"), pools=pools)

@@ -13,7 +13,8 @@ from workers.batch import Batch
 from workers.engines.fsdp2.engine import FSDPEngine
 from workers.roles.actor_loss import make_actor_loss
 from workers.roles.engine_specs import actor_optimizer_steps, fsdp_spec, optim_spec
-from workers.rollout.base import SamplingParams
+from workers.roles.rollout_worker import max_seq_len, rank_sampling
+from workers.rollout.base import RolloutEngine, SamplingParams
 from workers.rollout.factory import build_rollout
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
@@ -29,17 +30,20 @@ class ActorRolloutWorker(Worker):
             optim_spec(cfg.actor.optim, actor_optimizer_steps(cfg)),
             device=ctx.device,
         )
-        max_seq_len = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
-        self.rollout = build_rollout(cfg.rollout, cfg.model.path, device=ctx.device, max_seq_len=max_seq_len,
-                                     pad_token_id=pad_token_id, seed=cfg.trainer.seed + ctx.rank)
+        self.rollout = self._build_rollout(ctx, cfg, pad_token_id)
         self.hybrid = HybridEngine(
             self.engine.module, self.engine.optimizer, self.rollout, device=ctx.device,
             bucket_bytes=cfg.hybrid.bucket_bytes, weight_dtype=getattr(torch, cfg.rollout.dtype),
             offload_params=cfg.hybrid.offload_params, offload_optimizer=cfg.hybrid.offload_optimizer,
-            is_rollout_consumer=True,
+            is_rollout_consumer=self.rollout is not None,
         )
         self.loss_fn = make_actor_loss(cfg.actor, norm_constant=float(cfg.rollout.max_new_tokens))
         self.shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + ctx.rank)
+
+    def _build_rollout(self, ctx: WorkerContext, cfg: DictConfig, pad_token_id: int) -> RolloutEngine | None:
+        """This rank's own rollout engine (split placement's trainer has none: workers/roles/split_actor.py)."""
+        return build_rollout(cfg.rollout, cfg.model.path, device=ctx.device, max_seq_len=max_seq_len(cfg),
+                             pad_token_id=pad_token_id, seed=cfg.trainer.seed + ctx.rank)
 
     # --- rollout side -----------------------------------------------------------------
 
@@ -51,8 +55,7 @@ class ActorRolloutWorker(Worker):
     @register(Dispatch.DP)
     def generate(self, batch: Batch, params: SamplingParams) -> Batch:
         self.hybrid.rollout_mode()
-        params = SamplingParams(**{**params.__dict__, "seed": params.seed * 7919 + self.rank})
-        return self.rollout.generate(batch, params)
+        return self.rollout.generate(batch, rank_sampling(params, self.rank))
 
     # --- training side ----------------------------------------------------------------
 
@@ -112,7 +115,6 @@ class ActorRolloutWorker(Worker):
                 pass
             return {}
         return group_param_diffs(reference, self.rollout.hf_weight)
-
 
 
 def _logprob_temperature(cfg: DictConfig) -> float:

@@ -1,0 +1,75 @@
+"""The rollout half of split placement: a rollout engine in its own pool, fed weights by broadcast.
+
+Nothing else shares its device, so it never sleeps; after every actor update trainer rank 0
+broadcasts the full weights over a weight-sync group (hybrid_engine.sync_group) and each
+rollout rank loads them bucket by bucket. The driver calls `sync_weights` here and on the
+actor at the same time (the two halves of one broadcast), likewise `weight_group_diffs`.
+"""
+from __future__ import annotations
+
+import time
+
+from omegaconf import DictConfig
+
+from hybrid_engine import SyncGroup, connect_sync_store, group_param_diffs, join_sync_group, receive_weights
+from workers.batch import Batch
+from workers.rollout.base import SamplingParams
+from workers.rollout.factory import build_rollout
+from workers.runtime import Dispatch, Worker, WorkerContext, register
+
+
+def max_seq_len(cfg: DictConfig) -> int:
+    """What a rollout engine must hold: the longest prompt plus the longest response."""
+    return cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+
+
+def rank_sampling(params: SamplingParams, rank: int) -> SamplingParams:
+    """Each data-parallel rank samples with its own seed, derived from the driver's."""
+    return SamplingParams(**{**params.__dict__, "seed": params.seed * 7919 + rank})
+
+
+class RolloutWorker(Worker):
+    def __init__(self, ctx: WorkerContext, cfg: DictConfig, pad_token_id: int):
+        super().__init__(ctx)
+        self.cfg = cfg
+        self.rollout = build_rollout(cfg.rollout, cfg.model.path, device=ctx.device, max_seq_len=max_seq_len(cfg),
+                                     pad_token_id=pad_token_id, seed=cfg.trainer.seed + ctx.rank)
+        self.sync_group: SyncGroup | None = None
+
+    @register(Dispatch.ONE_TO_ALL)
+    def join_weight_group(self, host: str, port: int, world_size: int) -> None:
+        """Collective with trainer rank 0 (group rank 0); this rank is 1 + its rollout rank."""
+        timeout = self.cfg.cluster.init_timeout_s
+        store = connect_sync_store(host, port, timeout)
+        self.sync_group = join_sync_group(store, rank=1 + self.rank, world_size=world_size, device=self.device,
+                                          timeout_s=timeout)
+
+    def _group(self) -> SyncGroup:
+        if self.sync_group is None:
+            raise RuntimeError("rollout worker: join_weight_group() first (Roles does it at start-up)")
+        return self.sync_group
+
+    @register(Dispatch.ONE_TO_ALL)
+    def sync_weights(self) -> dict[str, float]:
+        """Receive the trainer's weights into the engine; returns when all are loaded."""
+        start = time.perf_counter()
+        tensors = 0
+        for bucket in receive_weights(self._group()):
+            self.rollout.load_weights(bucket)
+            tensors += len(bucket)
+        self.rollout.wake_up()  # closes an engine's update session (vLLM); allocates the KV cache
+        return {"sync/receive_seconds": time.perf_counter() - start, "sync/tensors_received": float(tensors)}
+
+    @register(Dispatch.ONE_TO_ALL)
+    def weight_group_diffs(self) -> dict[str, float]:
+        """Largest |trainer - rollout| per parameter group, from a second broadcast that is compared, not loaded."""
+        received = (pair for bucket in receive_weights(self._group()) for pair in bucket)
+        if not hasattr(self.rollout, "hf_weight"):
+            for _ in received:  # the sender still needs every bucket taken
+                pass
+            return {}
+        return group_param_diffs(received, self.rollout.hf_weight)
+
+    @register(Dispatch.DP)
+    def generate(self, batch: Batch, params: SamplingParams) -> Batch:
+        return self.rollout.generate(batch, rank_sampling(params, self.rank))
