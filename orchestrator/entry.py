@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from orchestrator import warm_start
 from orchestrator.assets.tiny_model import build_tiny_model
 from orchestrator.config.validate import check_model_paths
 from orchestrator.ray_cluster import init_ray
@@ -52,8 +53,10 @@ def train(cfg: DictConfig) -> dict:
     tracker = Tracker(out, list(cfg.trainer.loggers), cfg.trainer.experiment_name)
     try:
         result = RLTrainer(cfg, tok, roles, train_rows, val_rows, tracker).fit()
-        # colocated roles share a process: one figure per host process
+        # colocated roles share a process: one figure per host process (split: the rollout pool's too)
         workers = {f"worker[{r}]": b for r, b in enumerate(roles.actor.peak_memory_bytes())}
+        if roles.rollout is not roles.actor:
+            workers.update({f"rollout[{r}]": b for r, b in enumerate(roles.rollout.peak_memory_bytes())})
     finally:
         tracker.close()
         roles.shutdown()
@@ -111,6 +114,7 @@ def sft(cfg: DictConfig) -> Path:
         group.shutdown()
         pool.release()
     tok.save_pretrained(tmp)
+    warm_start.write_recipe(tmp, cfg)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -119,7 +123,21 @@ def sft(cfg: DictConfig) -> Path:
 
 
 def run_default(cfg: DictConfig) -> dict:
-    """`make run`: reuse the cached warm start when present, else build it; then RL."""
-    if not (Path(cfg.model.path) / "config.json").is_file():
+    """`make run`: the warm start (cached, else the shipped copy, else `baton sft`), then RL."""
+    if warm_start.matches(Path(cfg.model.path), cfg):
+        print(f"warm start: cached {cfg.model.path}")
+    elif warm_start.install_shipped(cfg):
+        print(f"warm start: shipped {warm_start.shipped_path(cfg)} -> {cfg.model.path}")
+    else:
+        print("warm start: no cached or shipped checkpoint for this recipe; running `baton sft` first")
         sft(cfg)
     return train(cfg)
+
+
+def rebuild_shipped_warm_start(cfg: DictConfig) -> Path:
+    """`make warm-start`: train the warm start with the configured recipe, then store it in the repo."""
+    if not warm_start.matches(Path(cfg.model.path), cfg):
+        sft(cfg)
+    path = warm_start.ship(cfg)
+    print(f"warm start stored in {path}; commit it with the recipe change")
+    return path

@@ -51,6 +51,25 @@ def test_exact_answer(response, truth, expected):
     assert exact_answer(response, truth, eos_token=EOS) == expected
 
 
+@pytest.mark.parametrize(
+    "response, truth, expected",
+    [
+        ("7+8=15;3+4+1=8;#85</s>", "85", 1.0),
+        ("#85", "85", 1.0),
+        ("#8#85 ", "85", 1.0),  # the last marker counts
+        ("#85#8", "85", 0.0),
+        ("85", "85", 0.0),  # no marker, no answer
+        ("-:10-2=8;4-1-1=2;#-28</s>", "-28", 1.0),
+        ("#85</s>#86", "85", 1.0),  # text after EOS is not the answer
+        ("#", "85", 0.0),
+    ],
+)
+def test_final_answer(response, truth, expected):
+    from orchestrator.rewards.rule_rewards import final_answer
+
+    assert final_answer(response, truth, eos_token=EOS) == expected
+
+
 def test_exact_answer_without_eos_cut_keeps_the_marker():
     assert exact_answer("85</s>", "85", eos_token=None) == 0.0
 
@@ -137,7 +156,7 @@ def test_math_verify_rejects_bad_timeout():
 
 
 def test_builtins_registered_by_name():
-    assert {"exact_answer", "answer_format", "combined", "math_verify"} <= set(list_rewards())
+    assert {"exact_answer", "final_answer", "answer_format", "combined", "math_verify"} <= set(list_rewards())
     assert get_reward_fn("exact_answer") is exact_answer
     assert get_reward_fn("math_verify") is math_verify
 

@@ -10,6 +10,7 @@ from orchestrator.assets.char_tokenizer import build_char_tokenizer
 from orchestrator.tasks import get_task, list_tasks, load_prompt_dataset, register_task
 from orchestrator.tasks.arithmetic import write_arithmetic_dataset
 from orchestrator.tasks.registry import TaskSpec
+from orchestrator.tasks.worked_solutions import final_answer
 
 PROBLEM = re.compile(r"^(\d+)([+\-*])(\d+)=$")
 ARGS = dict(n_train=300, n_test=50, seed=3, min_digits=1, max_digits=3, operations=["+", "-", "*"])
@@ -47,11 +48,47 @@ def test_answers_are_correct_and_operands_in_range(tmp_path):
     for frame in (train, test):
         for prompt, truth, solution in frame.itertuples(index=False):
             a, op, b, value = _recompute(prompt)
-            assert truth == value and solution == value
+            assert truth == value and final_answer(solution) == value
             assert 2 <= len(str(a)) <= 3 and 2 <= len(str(b)) <= 3
             ops_seen.add(op)
     assert ops_seen == {"+", "-", "*"}
     assert (train["ground_truth"].str.startswith("-")).any()  # subtraction can go negative
+
+
+def _check_worked_steps(solution: str) -> None:
+    """Every column step of a worked solution is true arithmetic."""
+    for step in solution.split(";")[:-1]:
+        left, right = step.removeprefix("-:").split("=")
+        assert eval(left) == int(right), (step, solution)  # noqa: S307 - digits and +/- only
+
+
+def test_worked_fraction_mixes_worked_and_direct_solutions(tmp_path):
+    train, _ = _write(tmp_path, n_train=2000, operations=["+", "-"], worked_fraction=0.3)
+    worked = ~train["solution"].str.startswith("#")
+    assert 0.25 < worked.mean() < 0.35
+    for prompt, truth, solution in train[worked].itertuples(index=False):
+        assert final_answer(solution) == truth == _recompute(prompt)[3]
+        _check_worked_steps(solution)
+    direct = train[~worked]
+    assert (direct["solution"] == "#" + direct["ground_truth"]).all()
+    all_worked, _ = _write(tmp_path, operations=["+", "-"], worked_fraction=1.0)
+    assert not all_worked["solution"].str.startswith("#").any()
+
+
+@pytest.mark.parametrize("problem, solution", [
+    ("37+48=", "7+8=15;3+4+1=8;#85"),
+    ("63-48=", "13-8=5;6-4-1=1;#15"),
+    ("12-40=", "-:10-2=8;4-1-1=2;#-28"),
+    ("100-1=", "10-1=9;10-0-1=9;1-0-1=0;#99"),
+    ("7-7=", "7-7=0;#0"),
+])
+def test_worked_solution_text(problem, solution):
+    from orchestrator.tasks.worked_solutions import solution_text
+
+    a, op, b, value = _recompute(problem)
+    assert solution_text(a, op, b, int(value), worked=True) == solution
+    assert solution_text(a, op, b, int(value), worked=False) == f"#{value}"
+    assert solution_text(a, "*", b, a * b, worked=True) == f"#{a * b}"  # no worked form for *
 
 
 def test_only_requested_operations(tmp_path):
@@ -89,6 +126,7 @@ def test_exhausting_the_problem_space(tmp_path):
         ({"operations": []}, "empty"),
         ({"min_digits": 3, "max_digits": 2}, "min_digits"),
         ({"min_digits": 0}, "min_digits"),
+        ({"worked_fraction": 1.5}, "worked_fraction"),
     ],
 )
 def test_bad_arguments(tmp_path, override, message):

@@ -38,6 +38,19 @@ def exact_answer(response_text: str, ground_truth: str, *, eos_token: str | None
     return float(extract_answer(response_text, eos_token=eos_token) == ground_truth.strip())
 
 
+@register_reward("final_answer")
+def final_answer(response_text: str, ground_truth: str, *, eos_token: str | None, marker: str = "#", **_: Any) -> float:
+    """1.0 iff the text after the last `marker` equals the ground truth (GSM8K-style "... #### 72").
+
+    For responses that show their working before the answer, e.g. "7+8=15;3+4+1=8;#85".
+    A response without the marker scores 0.0.
+    """
+    answer = extract_answer(response_text, eos_token=eos_token)
+    if not marker or marker not in answer:
+        return 0.0
+    return float(answer.rsplit(marker, 1)[1].strip() == ground_truth.strip())
+
+
 @register_reward("answer_format")
 def answer_format(response_text: str, ground_truth: str, *, eos_token: str | None, **_: Any) -> float:
     """How well-formed the answer is as an integer, ignoring whether it is right.

@@ -4,10 +4,13 @@ Why this task: its answers are checkable by a rule (no reward model), a tiny cha
 model can learn it on CPU in minutes, and difficulty is one knob (`max_digits`).
 
 Row shape (the same columns a user export such as GSM8K must provide):
-  prompt        "37+48="   what the policy is conditioned on
-  ground_truth  "85"       what the rule reward compares against
-  solution      "85"       the SFT warm-start target (the trainer appends EOS itself)
-Subtraction may give negative answers ("12-40=" -> "-28").
+  prompt        "37+48="                  what the policy is conditioned on
+  ground_truth  "85"                      what the rule reward compares against
+  solution      "7+8=15;3+4+1=8;#85"      the SFT warm-start target (the trainer appends EOS itself)
+Subtraction may give negative answers ("12-40=" -> "-28"). The answer follows the last "#"
+(see worked_solutions). A `worked_fraction` of rows show their column working, the rest
+give the answer alone ("#85"): a teacher who shows its work only sometimes, so the warm
+start can do both and RL has a better strategy to find.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
+
+from orchestrator.tasks.worked_solutions import solution_text
 
 OPERATIONS: dict[str, Callable[[int, int], int]] = {
     "+": operator.add,
@@ -90,13 +95,15 @@ def sample_problems(
     return problems
 
 
-def _to_frame(problems: list[tuple[int, str, int]]) -> pd.DataFrame:
-    answers = [solve(a, op, b) for a, op, b in problems]
+def _to_frame(problems: list[tuple[int, str, int]], worked_fraction: float, seed: int) -> pd.DataFrame:
+    rng = random.Random(seed)
+    solutions = [solution_text(a, op, b, OPERATIONS[op](a, b), worked=rng.random() < worked_fraction)
+                 for a, op, b in problems]
     return pd.DataFrame(
         {
             "prompt": [format_problem(a, op, b) for a, op, b in problems],
-            "ground_truth": answers,
-            "solution": answers,
+            "ground_truth": [solve(a, op, b) for a, op, b in problems],
+            "solution": solutions,
         },
         columns=list(COLUMNS),
     )
@@ -111,6 +118,7 @@ def write_arithmetic_dataset(
     min_digits: int,
     max_digits: int,
     operations: Sequence[str],
+    worked_fraction: float = 1.0,
 ) -> dict[str, Path]:
     """Write disjoint `train.parquet` / `test.parquet`; returns {"train": path, "test": path}.
 
@@ -118,12 +126,14 @@ def write_arithmetic_dataset(
     `n_test` go to test. Same arguments -> identical files.
     """
     _validate(n_train, n_test, min_digits, max_digits, operations)
+    if not 0.0 <= worked_fraction <= 1.0:
+        raise ValueError(f"worked_fraction must be in [0, 1], got {worked_fraction}")
     problems = sample_problems(
         n_train + n_test, seed=seed, min_digits=min_digits, max_digits=max_digits, operations=operations
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"train": out / "train.parquet", "test": out / "test.parquet"}
-    _to_frame(problems[n_test:]).to_parquet(paths["train"], index=False)
-    _to_frame(problems[:n_test]).to_parquet(paths["test"], index=False)
+    _to_frame(problems[n_test:], worked_fraction, seed + 1).to_parquet(paths["train"], index=False)
+    _to_frame(problems[:n_test], worked_fraction, seed + 2).to_parquet(paths["test"], index=False)
     return paths

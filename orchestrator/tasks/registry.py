@@ -59,10 +59,10 @@ register_task(
     TaskSpec(
         name="arithmetic",
         write_data=write_arithmetic_dataset,
-        default_reward="exact_answer",
+        default_reward="final_answer",
         prompt_key="prompt",
         answer_key="ground_truth",
         solution_key="solution",
-        description="multi-digit integer + - * problems, e.g. '37+48=' -> '85'",
+        description="multi-digit integer + - * problems, e.g. '37+48=' -> '7+8=15;3+4+1=8;#85'",
     )
 )

@@ -34,7 +34,7 @@ def overlong_penalty(response_lengths: torch.Tensor, max_new_tokens: int, buffer
 
 
 def accuracy_scores(batch: Batch, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """Exact-answer accuracy regardless of the training reward (what the summary reports)."""
+    """0/1 correctness by `reward.accuracy_fn`, whatever the training reward (what the summary reports)."""
     texts = decode_responses(batch, tokenizer)
-    return torch.as_tensor(score_batch("exact_answer", texts, list(batch.non_tensors["ground_truth"]),
+    return torch.as_tensor(score_batch(cfg.reward.accuracy_fn, texts, list(batch.non_tensors["ground_truth"]),
                                        eos_token=tokenizer.eos_token), dtype=torch.float32)

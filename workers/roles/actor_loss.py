@@ -25,9 +25,11 @@ def make_actor_loss(actor_cfg: DictConfig, *, norm_constant: float) -> LossFn:
 
     def loss_fn(outputs: dict[str, Tensor], mb: Batch, norm: LossNorm) -> tuple[Tensor, Mapping[str, Tensor | float]]:
         agg = LossAgg(mode, norm.global_tokens, norm.global_seqs, constant)
-        mask = mb["response_mask"]
         log_prob = outputs["log_probs"]
-        loss, metrics = policy_fn(log_prob, mb["old_log_probs"], mb["advantages"], mask, agg=agg, **params)
+        on_device = lambda key: mb[key].to(log_prob.device)  # noqa: E731 - the batch stays on the host
+        mask = on_device("response_mask")
+        loss, metrics = policy_fn(log_prob, on_device("old_log_probs"), on_device("advantages"), mask, agg=agg,
+                                  **params)
         metrics = {f"actor/{k}": v for k, v in metrics.items()}
         metrics["actor/pg_loss"] = loss.detach()
         if "entropy" in outputs:
@@ -36,7 +38,7 @@ def make_actor_loss(actor_cfg: DictConfig, *, norm_constant: float) -> LossFn:
             if actor_cfg.entropy_coeff:
                 loss = loss - actor_cfg.entropy_coeff * entropy
         if actor_cfg.use_kl_loss:
-            kl, _ = kl_loss(log_prob, mb["ref_log_probs"], mask, kind=actor_cfg.kl_loss_type, agg=agg)
+            kl, _ = kl_loss(log_prob, on_device("ref_log_probs"), mask, kind=actor_cfg.kl_loss_type, agg=agg)
             loss = loss + actor_cfg.kl_loss_coef * kl
             metrics["actor/kl_loss"] = kl.detach()
         return loss, metrics
