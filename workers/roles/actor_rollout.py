@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from hybrid_engine import HybridEngine, WeightStream, group_param_diffs
 from workers.batch import Batch
+from workers.roles.mini_batches import mean_history, mini_batches
 from workers.engines.fsdp2.engine import FSDPEngine
 from workers.roles.actor_loss import make_actor_loss
 from workers.roles.engine_specs import actor_optimizer_steps, fsdp_spec, optim_spec
@@ -76,21 +77,15 @@ class ActorRolloutWorker(Worker):
     def update_actor(self, batch: Batch) -> dict[str, float]:
         """PPO epochs over this rank's rows, one optimizer step per mini-batch."""
         self.hybrid.train_mode()
-        num_mini = self.cfg.data.train_batch_size // self.cfg.actor.ppo_mini_batch_size
-        rows = len(batch) // num_mini
         history: dict[str, list[float]] = {}
-        for _ in range(self.cfg.actor.ppo_epochs):
-            order = torch.randperm(len(batch), generator=self.shuffle_gen) if self.cfg.actor.shuffle_mini_batches \
-                else torch.arange(len(batch))
-            shuffled = batch.index(order)
-            for i in range(num_mini):
-                mini = shuffled.slice(i * rows, (i + 1) * rows)
-                metrics = self.engine.train_mini_batch(
-                    mini, self.loss_fn, micro_batch_size=self.cfg.actor.micro_batch_size,
-                    temperature=_logprob_temperature(self.cfg), with_entropy=True)
-                for k, v in metrics.items():
-                    history.setdefault(k, []).append(float(v))
-        return {k if "/" in k else f"actor/{k}": sum(v) / len(v) for k, v in history.items()}
+        for mini in mini_batches(batch, num_mini=self.cfg.data.train_batch_size // self.cfg.actor.ppo_mini_batch_size,
+                                 epochs=self.cfg.actor.ppo_epochs, shuffle=self.cfg.actor.shuffle_mini_batches,
+                                 generator=self.shuffle_gen):
+            metrics = self.engine.train_mini_batch(mini, self.loss_fn, micro_batch_size=self.cfg.actor.micro_batch_size,
+                                                   temperature=_logprob_temperature(self.cfg), with_entropy=True)
+            for k, v in metrics.items():
+                history.setdefault(k if "/" in k else f"actor/{k}", []).append(float(v))
+        return mean_history(history)
 
     # --- checkpoints and diagnostics --------------------------------------------------
 

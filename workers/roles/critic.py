@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from workers.batch import Batch
+from workers.roles.mini_batches import mean_history, mini_batches
 from workers.engines import LossFn, LossNorm
 from workers.engines.fsdp2.engine import FSDPEngine
 from workers.losses.aggregation import LossAgg
@@ -66,20 +67,15 @@ class CriticWorker(Worker):
     @register(Dispatch.DP)
     def update_critic(self, batch: Batch) -> dict[str, float]:
         """Critic epochs over this rank's rows, one optimizer step per mini-batch (the actor's mini-batches)."""
-        num_mini = self.cfg.data.train_batch_size // self.cfg.actor.ppo_mini_batch_size
-        rows = len(batch) // num_mini
         history: dict[str, list[float]] = {}
-        for _ in range(self.cfg.critic.ppo_epochs):
-            order = torch.randperm(len(batch), generator=self.shuffle_gen) if self.cfg.actor.shuffle_mini_batches \
-                else torch.arange(len(batch))
-            shuffled = batch.index(order)
-            for i in range(num_mini):
-                metrics = self.engine.train_mini_batch(
-                    shuffled.slice(i * rows, (i + 1) * rows), self.loss_fn,
-                    micro_batch_size=self.cfg.critic.micro_batch_size, temperature=None, with_entropy=False)
-                for k, v in metrics.items():
-                    history.setdefault(_ENGINE_METRICS.get(k, k), []).append(float(v))
-        return {k: sum(v) / len(v) for k, v in history.items()}
+        for mini in mini_batches(batch, num_mini=self.cfg.data.train_batch_size // self.cfg.actor.ppo_mini_batch_size,
+                                 epochs=self.cfg.critic.ppo_epochs, shuffle=self.cfg.actor.shuffle_mini_batches,
+                                 generator=self.shuffle_gen):
+            metrics = self.engine.train_mini_batch(mini, self.loss_fn, micro_batch_size=self.cfg.critic.micro_batch_size,
+                                                   temperature=None, with_entropy=False)
+            for k, v in metrics.items():
+                history.setdefault(_ENGINE_METRICS.get(k, k), []).append(float(v))
+        return mean_history(history)
 
     @register(Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, directory: str) -> None:
