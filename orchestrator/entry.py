@@ -26,7 +26,7 @@ from workers.runtime import ResourcePool, spawn_colocated
 log = logging.getLogger("baton")
 
 
-def _start(cfg: DictConfig) -> None:
+def start_ray(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(cfg.trainer.torch_threads)
     c = cfg.cluster
@@ -34,7 +34,7 @@ def _start(cfg: DictConfig) -> None:
              env_vars={"TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
 
 
-def _tokenizer(path: str):
+def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -42,13 +42,13 @@ def _tokenizer(path: str):
 
 def train(cfg: DictConfig) -> dict:
     check_model_paths(cfg)  # files on disk: still before any actor starts
-    tok = _tokenizer(cfg.model.path)
+    tok = load_tokenizer(cfg.model.path)
     train_files, val_files = task_files(cfg)
     train_rows, val_rows = load_rows(train_files, cfg, tok), load_rows(val_files, cfg, tok)
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    _start(cfg)
+    start_ray(cfg)
     roles = build_roles(cfg, tok.pad_token_id)
     tracker = Tracker(out, list(cfg.trainer.loggers), cfg.trainer.experiment_name)
     try:
@@ -89,10 +89,10 @@ def sft(cfg: DictConfig) -> Path:
                                     intermediate_size=t.intermediate_size,
                                     max_position_embeddings=t.max_position_embeddings, seed=cfg.trainer.seed,
                                     tie_word_embeddings=t.tie_word_embeddings))
-    tok = _tokenizer(base)
+    tok = load_tokenizer(base)
     train_files, _ = task_files(cfg)
     rows = load_rows(train_files, cfg, tok, extra_keys=(task.solution_key,))
-    _start(cfg)
+    start_ray(cfg)
     c = cfg.cluster
     pool = ResourcePool(name="sft", nnodes=c.nnodes, devices_per_node=c.devices_per_node, use_gpu=c.use_gpu,
                         cpus_per_worker=c.cpus_per_worker, ready_timeout_s=c.init_timeout_s)

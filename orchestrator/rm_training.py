@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from orchestrator.config.errors import ConfigError
-from orchestrator.entry import _start, _tokenizer
+from orchestrator.entry import load_tokenizer, start_ray
 from orchestrator.trainer.data import PromptStream
 from orchestrator.trainer.pair_data import load_pairs, pair_batch, split_held_out, tokenize_pairs
 from workers.engines.fsdp2.checkpoint import OPTIMIZER_FILE, SCHEDULER_FILE
@@ -47,7 +47,7 @@ def train_reward_model(cfg: DictConfig) -> dict[str, Any]:
     """Train on rm.train_files (or generated task pairs); returns what rm_eval.json holds."""
     base = cfg.rm.base_model_path
     _check_base(base)
-    tok = _tokenizer(base)
+    tok = load_tokenizer(base)
     pairs = tokenize_pairs(load_pairs(cfg), tok, _max_positions(base))
     train, val = split_held_out(pairs, cfg.rm.val_pairs, cfg.trainer.seed)
     if len(train) < cfg.rm.batch_size:
@@ -56,7 +56,7 @@ def train_reward_model(cfg: DictConfig) -> dict[str, Any]:
     target = Path(cfg.rm.output_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp"
-    _start(cfg)
+    start_ray(cfg)
     c = cfg.cluster
     pool = ResourcePool(name="rm", nnodes=c.nnodes, devices_per_node=c.devices_per_node, use_gpu=c.use_gpu,
                         cpus_per_worker=c.cpus_per_worker, ready_timeout_s=c.init_timeout_s)

@@ -13,6 +13,8 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
+
+from fsdp_harness import shutdown_gloo
 import torch.multiprocessing as mp
 
 from workers.batch import Batch
@@ -96,7 +98,7 @@ def _entry(rank: int, fn_name: str, path: str, tmp: str, port: int) -> None:
         traceback.print_exc()
         raise
     finally:
-        dist.destroy_process_group()
+        shutdown_gloo()
 
 
 def run_2_ranks(fn_name: str, tmp_path) -> None:

@@ -19,7 +19,7 @@ from hybrid_engine.weight_stream import WeightStream
 
 CPU = torch.device("cpu")
 
-from fsdp_harness import fsdp2 as _fsdp2, init_gloo as _init, tiny_qwen2 as _tiny_qwen2
+from fsdp_harness import fsdp2 as _fsdp2, init_gloo as _init, shutdown_gloo, tiny_qwen2 as _tiny_qwen2
 
 
 # -- test doubles --------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def _switch_worker(rank: int, world: int, init_file: str) -> None:
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
     finally:
-        dist.destroy_process_group()
+        shutdown_gloo()
 
 
 @pytest.mark.timeout(180)

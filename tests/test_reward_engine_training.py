@@ -14,6 +14,8 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
+
+from fsdp_harness import shutdown_gloo
 import torch.multiprocessing as mp
 
 from test_fsdp2_engine import (CPU, _free_port, assert_close_dicts, engine_spec, full_grads, make_batch,
@@ -65,7 +67,7 @@ def _entry(rank: int, path: str, port: int) -> None:
         traceback.print_exc()
         raise
     finally:
-        dist.destroy_process_group()
+        shutdown_gloo()
 
 
 @pytest.mark.timeout(180)

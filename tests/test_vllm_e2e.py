@@ -23,3 +23,16 @@ def test_grpo_three_steps_with_vllm_rollout(ray_cluster, tmp_path):
         assert r["sync/logprob_max_abs_diff"] < 1e-4, r["sync/logprob_max_abs_diff"]
         assert r["sync/stream_bytes"] > 0
     assert summary["steps"] == 3
+
+
+def test_grpo_with_vllm_in_its_own_pool(ray_cluster, tmp_path):
+    """Split placement + vLLM: the broadcast lands in vLLM's in-place weight update, checked every step."""
+    model = tiny_model(tmp_path / "model")
+    overrides = fast_overrides(model, tmp_path, steps=2) + ["rollout=vllm", "rollout.vllm.kv_cache_bytes=33554432",
+                                                            "cluster.placement=split"]
+    train(validate_config(compose_config(["algorithm=grpo", *overrides]), check_files=True))
+    records = [r for r in read_metrics_jsonl(tmp_path / "run" / "metrics.jsonl") if "timing_s/step" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["sync/logprob_max_abs_diff"] < 1e-4, r["sync/logprob_max_abs_diff"]
+        assert r["sync/tensors_received"] == r["sync/tensors"] > 0

@@ -8,6 +8,7 @@ by broadcast. The loop sees the same `Roles` either way.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
@@ -15,6 +16,8 @@ from omegaconf import DictConfig
 from orchestrator.advantages.registry import get_advantage_estimator
 from orchestrator.trainer.weight_sync import BroadcastSync, InProcessSync, WeightSync
 from workers.runtime import ResourcePool, WorkerGroup, spawn_colocated
+
+log = logging.getLogger("baton.roles")
 
 
 @dataclass
@@ -103,6 +106,9 @@ def build_roles(cfg: DictConfig, pad_token_id: int, *, classes: dict[str, type] 
     classes = classes or {}
     c = cfg.cluster
     split = c.placement == "split"
+    if split and (cfg.hybrid.offload_params or cfg.hybrid.offload_optimizer):
+        log.info("hybrid.offload_params / hybrid.offload_optimizer have no effect with cluster.placement=split: "
+                 "the trainer keeps its devices and never switches to rollout mode")
     train_pool = _pool(cfg, "train" if split else "hybrid", c.devices_per_node)
     pools: list[ResourcePool] = [train_pool]
     groups: dict[str, WorkerGroup] = {}
