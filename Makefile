@@ -26,7 +26,7 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 run: install
 	$(BIN)/baton run-default
 
-# Rebuild the warm-start checkpoint shipped in orchestrator/assets/warm_starts (SFT, ~15 min on 2 cores).
+# Rebuild the warm-start checkpoint shipped in orchestrator/assets/warm_starts (SFT 1200 steps, ~6 min on 2 cores).
 warm-start: install
 	$(BIN)/baton warm-start
 
