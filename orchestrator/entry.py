@@ -122,8 +122,8 @@ def sft(cfg: DictConfig) -> Path:
     return target
 
 
-def run_default(cfg: DictConfig) -> dict:
-    """`make run`: the warm start (cached, else the shipped copy, else `baton sft`), then RL."""
+def ensure_warm_start(cfg: DictConfig) -> None:
+    """The warm start at model.path: cached, else the shipped copy, else `baton sft` (same recipe either way)."""
     if warm_start.matches(Path(cfg.model.path), cfg):
         print(f"warm start: cached {cfg.model.path}")
     elif warm_start.install_shipped(cfg):
@@ -131,6 +131,11 @@ def run_default(cfg: DictConfig) -> dict:
     else:
         print("warm start: no cached or shipped checkpoint for this recipe; running `baton sft` first")
         sft(cfg)
+
+
+def run_default(cfg: DictConfig) -> dict:
+    """`make run`: the warm start, then RL."""
+    ensure_warm_start(cfg)
     return train(cfg)
 
 

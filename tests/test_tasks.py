@@ -10,7 +10,7 @@ from orchestrator.assets.char_tokenizer import build_char_tokenizer
 from orchestrator.tasks import get_task, list_tasks, load_prompt_dataset, register_task
 from orchestrator.tasks.arithmetic import write_arithmetic_dataset
 from orchestrator.tasks.registry import TaskSpec
-from orchestrator.tasks.worked_solutions import final_answer
+from orchestrator.rewards.rule_rewards import final_answer
 
 PROBLEM = re.compile(r"^(\d+)([+\-*])(\d+)=$")
 ARGS = dict(n_train=300, n_test=50, seed=3, min_digits=1, max_digits=3, operations=["+", "-", "*"])
@@ -48,7 +48,7 @@ def test_answers_are_correct_and_operands_in_range(tmp_path):
     for frame in (train, test):
         for prompt, truth, solution in frame.itertuples(index=False):
             a, op, b, value = _recompute(prompt)
-            assert truth == value and final_answer(solution) == value
+            assert truth == value and final_answer(solution, value, eos_token=None) == 1.0
             assert 2 <= len(str(a)) <= 3 and 2 <= len(str(b)) <= 3
             ops_seen.add(op)
     assert ops_seen == {"+", "-", "*"}
@@ -67,7 +67,7 @@ def test_worked_fraction_mixes_worked_and_direct_solutions(tmp_path):
     worked = ~train["solution"].str.startswith("#")
     assert 0.25 < worked.mean() < 0.35
     for prompt, truth, solution in train[worked].itertuples(index=False):
-        assert final_answer(solution) == truth == _recompute(prompt)[3]
+        assert truth == _recompute(prompt)[3] and final_answer(solution, truth, eos_token=None) == 1.0
         _check_worked_steps(solution)
     direct = train[~worked]
     assert (direct["solution"] == "#" + direct["ground_truth"]).all()

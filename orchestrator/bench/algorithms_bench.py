@@ -64,23 +64,13 @@ def run_one(algorithm: str, steps: int, root: Path, overrides: list[str]) -> dic
     return json.loads((out / "summary.json").read_text())
 
 
-def ensure_warm_start(overrides: list[str]) -> None:
-    """The warm start every algorithm starts from: cached, shipped, or built once (as `make run` does)."""
-    from orchestrator import warm_start
-
-    cfg = validate_config(compose_config(overrides), check_files=False)
-    if not warm_start.matches(Path(cfg.model.path), cfg) and not warm_start.install_shipped(cfg):
-        from orchestrator.entry import sft
-
-        print(f"bench: no warm start for this recipe at {cfg.model.path}; running `baton sft` first")
-        sft(cfg)
-
-
 def run_algorithms_bench(algorithms: list[str], steps: int, root: Path, overrides: list[str],
                          write: bool) -> str:
     for algorithm in algorithms:  # a bad override fails here, once, before anything runs
         run_config(algorithm, steps, root, overrides)
-    ensure_warm_start(overrides)
+    from orchestrator.entry import ensure_warm_start
+
+    ensure_warm_start(validate_config(compose_config(overrides), check_files=False))
     rows = []
     for algorithm in algorithms:
         try:

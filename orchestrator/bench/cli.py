@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 BENCHES = {"rollout": "orchestrator.bench.rollout_bench", "sync": "orchestrator.bench.sync_bench",
-           "algorithms": "orchestrator.bench.algorithms_bench"}
+           "algorithms": "orchestrator.bench.algorithms_bench", "sampling": "orchestrator.bench.sampling_bench"}
 
 
 def bench_main(argv: list[str]) -> None:

@@ -67,10 +67,3 @@ def solution_text(a: int, op: str, b: int, answer: int, *, worked: bool) -> str:
     if worked and op in WORKED:
         return WORKED[op](a, b)
     return direct_solution(answer)
-
-
-def final_answer(text: str, marker: str = ANSWER_MARKER) -> str | None:
-    """The text after the last marker, stripped; None when the marker never appears."""
-    if marker not in text:
-        return None
-    return text.rsplit(marker, 1)[1].strip()

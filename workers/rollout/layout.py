@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from workers.batch import Batch
+
 
 def rollout_output(prompts: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor,
                    log_probs: torch.Tensor, lengths: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
@@ -27,14 +29,12 @@ PROMPT_SIDE = ("prompts",)
 JOINED = ("input_ids", "attention_mask")
 
 
-def concat_rollouts(batches: list, pad_token_id: int):
+def concat_rollouts(batches: list[Batch], pad_token_id: int) -> Batch:
     """Row-wise concat of rollout outputs whose prompt / response widths differ (e.g. DAPO refill rounds).
 
     Prompt-side columns are left-padded and response-side [B, R] columns right-padded to the widest
     round, so every row keeps the [left-padded prompt | right-padded response] layout.
     """
-    from workers.batch import Batch
-
     width_p = max(b["prompts"].shape[1] for b in batches)
     width_r = max(b["responses"].shape[1] for b in batches)
     padded = []
