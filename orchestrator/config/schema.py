@@ -112,6 +112,7 @@ class RolloutConfig:
     val_temperature: float = MISSING  # 0: greedy validation
     dtype: str = MISSING
     max_batch_size: int = MISSING  # rows the engine decodes at once
+    kernels: str = MISSING  # builtin engine: torch | cpp (fused C++ forward, CPU only)
     repetition_stop_window: int = MISSING  # MiniMax-M1 early stop: K (0 disables)
     repetition_stop_prob: float = MISSING
     vllm: VLLMConfig = field(default_factory=VLLMConfig)

@@ -69,6 +69,10 @@ def _choices(cfg: DictConfig) -> None:
     _one_of("data.on_overlong", cfg.data.on_overlong, ["error", "drop"])
     _one_of("model.dtype", cfg.model.dtype, ["float32", "bfloat16"])
     _one_of("rollout.dtype", cfg.rollout.dtype, ["float32", "bfloat16", "float16"])
+    _one_of("rollout.kernels", cfg.rollout.kernels, ["torch", "cpp"])
+    if cfg.rollout.kernels == "cpp" and (cfg.rollout.name != "builtin" or cfg.cluster.use_gpu):
+        raise ConfigError("rollout.kernels", "cpp is the built-in engine's CPU path: needs rollout.name=builtin "
+                          f"and cluster.use_gpu=false (got {cfg.rollout.name}, use_gpu={cfg.cluster.use_gpu})")
     _one_of("algorithm.kl_ctrl.type", cfg.algorithm.kl_ctrl.type, ["fixed", "adaptive"])
     _one_of("algorithm.dynamic_sampling.on_exhausted", cfg.algorithm.dynamic_sampling.on_exhausted, ["warn", "error"])
     for key, optim in (("actor.optim", cfg.actor.optim), ("critic.optim", cfg.critic.optim), ("sft.optim", cfg.sft.optim)):

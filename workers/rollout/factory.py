@@ -14,7 +14,7 @@ def build_rollout(rollout_cfg: DictConfig, model_path: str, *, device: torch.dev
 
         return BuiltinRolloutEngine.from_pretrained(
             model_path, dtype=rollout_cfg.dtype, device=device, max_batch_size=rollout_cfg.max_batch_size,
-            max_seq_len=max_seq_len, pad_token_id=pad_token_id)
+            max_seq_len=max_seq_len, pad_token_id=pad_token_id, kernels=rollout_cfg.kernels)
     if rollout_cfg.name == "vllm":
         from workers.rollout.vllm_engine import VLLMRolloutEngine
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workers.rollout.builtin.cpu_kernels import FusedCpuDecoder
 from workers.rollout.builtin.kv_cache import KVCache
 from workers.rollout.builtin.model import CompactDecoder
 from workers.rollout.builtin.sampling import SamplerConfig, sample_next
@@ -54,7 +55,7 @@ def _trim_left_padding(input_ids: torch.Tensor, valid: torch.Tensor) -> tuple[to
 
 
 def run_group(
-    model: CompactDecoder,
+    model: CompactDecoder | FusedCpuDecoder,
     cache: KVCache,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -109,8 +110,7 @@ def run_group(
                     segments.append(_Segment(rows, step + 1))
         slot = p + step  # slots [0, slot) hold the prompt and the tokens decoded so far
         step_rows.append(tok.shape[0])
-        key_valid = cache.key_valid[: tok.shape[0], None, None, : slot + 1] if use_mask else None
-        logits = model.decode(tok, pos, slot, cache, key_valid)
+        logits = model.decode(tok, pos, slot, cache, use_mask)
         pos += 1
 
     tokens = torch.full((total, r), cfg.pad_token_id, dtype=torch.long, device=device)

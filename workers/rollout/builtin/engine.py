@@ -15,6 +15,7 @@ import torch
 from workers.batch import Batch
 from workers.rollout.layout import rollout_output
 from workers.rollout.base import SamplingParams
+from workers.rollout.builtin.cpu_kernels import FusedCpuDecoder
 from workers.rollout.builtin.decode_loop import GroupResult, LoopConfig, run_group
 from workers.rollout.builtin.kv_cache import KVCache
 from workers.rollout.builtin.model import CompactDecoder
@@ -48,6 +49,7 @@ class BuiltinRolloutEngine:
         pad_token_id: int,
         compact_fraction: float = 0.125,
         sync_every: int | None = None,
+        kernels: str = "torch",
     ) -> None:
         """model_config: a transformers config (Llama/Qwen2) or its config.json dict.
 
@@ -55,6 +57,8 @@ class BuiltinRolloutEngine:
         max_seq_len bounds prompt + new tokens and sizes the KV cache.
         compact_fraction: drop finished rows once they are this fraction of the active rows.
         sync_every: steps between host syncs that check for finished rows (default 1 on CPU, 8 elsewhere).
+        kernels: "torch" (the forward as torch ops, any device) or "cpp" (CPU only: prefill and decode
+            steps as one C++ call each, cpu_kernels/, compiled on first use and cached).
         """
         self.spec = spec_from_hf_config(model_config)
         self.dtype = _as_dtype(dtype)
@@ -64,16 +68,25 @@ class BuiltinRolloutEngine:
         self.pad_token_id = int(pad_token_id)
         self.compact_fraction = float(compact_fraction)
         self.sync_every = int(sync_every or (1 if self.device.type == "cpu" else 8))
+        if kernels not in ("torch", "cpp"):
+            raise ValueError(f"builtin rollout: kernels={kernels!r} must be 'torch' or 'cpp'")
         self.model = CompactDecoder(self.spec, dtype=self.dtype, device=self.device, max_positions=self.max_seq_len)
         self.loader = WeightLoader(self.model)
+        fused = kernels == "cpp"
         self.cache = KVCache(
             num_layers=self.spec.num_layers,
             max_batch=self.max_batch_size,
             kv_heads=self.spec.num_kv_heads,
-            max_len=self.max_seq_len,
+            # the C++ kernels score keys 16 slots at a time, reading up to a multiple of 16
+            max_len=-(-self.max_seq_len // 16) * 16 if fused else self.max_seq_len,
             head_dim=self.spec.head_dim,
             dtype=self.dtype,
             device=self.device,
+            keys_dim_major=fused,
+        )
+        self.kernels = kernels
+        self._step: CompactDecoder | FusedCpuDecoder = (
+            FusedCpuDecoder(self.model, self.max_batch_size) if kernels == "cpp" else self.model
         )
         self._weights_on_device = True
         self.last_step_rows: list[int] = []  # rows fed to each decode step of the last call (all groups)
@@ -106,6 +119,8 @@ class BuiltinRolloutEngine:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named weights in place (any subset per call); unknown names raise KeyError naming them."""
         self.loader.load(weights)
+        if isinstance(self._step, FusedCpuDecoder):
+            self._step.invalidate()
 
     def hf_weight(self, name: str) -> torch.Tensor:
         """What the engine holds for an HF weight name: lets the hybrid engine diff it against the trainer."""
@@ -119,6 +134,8 @@ class BuiltinRolloutEngine:
     def sleep(self) -> None:
         """Free the KV cache and park weights on CPU (weights stay put on a CPU device). Idempotent."""
         self.cache.free()
+        if isinstance(self._step, FusedCpuDecoder):
+            self._step.invalidate()  # drop the packed copies of the projections
         if self.device.type != "cpu" and self._weights_on_device:
             self.model.to("cpu")
             self._weights_on_device = False
@@ -178,7 +195,7 @@ class BuiltinRolloutEngine:
         per_group = max(1, self.max_batch_size // cfg.n)
         results: list[GroupResult] = []
         for lo in range(0, ids.shape[0], per_group):
-            results.append(run_group(self.model, self.cache, ids[lo : lo + per_group], mask[lo : lo + per_group], cfg, generator))
+            results.append(run_group(self._step, self.cache, ids[lo : lo + per_group], mask[lo : lo + per_group], cfg, generator))
         self.last_step_rows = [rows for res in results for rows in res.step_rows]
         responses = torch.cat([res.tokens for res in results]).cpu()
         log_probs = torch.cat([res.log_probs for res in results]).cpu()

@@ -145,12 +145,10 @@ class CompactDecoder(nn.Module):
             x = self._mlp(layer, x)
         return self._logits(x[:, -1])
 
-    def decode(
-        self, tokens: torch.Tensor, positions: torch.Tensor, slot: int, cache: KVCache, key_valid: torch.Tensor | None
-    ) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, slot: int, cache: KVCache, use_mask: bool) -> torch.Tensor:
         """One token per row for rows [0, n): write K/V at `slot`, attend over slots [0, slot]; return logits [n, V].
 
-        `key_valid` [n, 1, 1, slot + 1] is False on prompt padding (None when no row is padded).
+        `use_mask`: some row has prompt padding, so attention reads `cache.key_valid` (False on padding).
 
         The G query heads sharing one KV head are folded into the query-length axis, so
         attention sees plain multi-head attention with no K/V expansion (GQA for free).
@@ -161,6 +159,7 @@ class CompactDecoder(nn.Module):
         split_qk_v, split_q_k = [h_q + h_kv, h_kv], [h_q, h_kv]
         q_shape, length = (n, h_kv, h_q // h_kv, hd), slot + 1
         on_cpu = tokens.device.type == "cpu"
+        key_valid = cache.key_valid[:n, None, None, :length] if use_mask else None
         mask = ~key_valid if on_cpu and key_valid is not None else key_valid
         cos, sin = self._rope(positions)
         x = F.embedding(tokens, self.embed)
