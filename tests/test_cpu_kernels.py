@@ -14,30 +14,25 @@ import math
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from e2e_helpers import fast_overrides, tiny_model
 from orchestrator.config import ConfigError, compose_config, validate_config
 from orchestrator.entry import train
 from orchestrator.tracking import read_metrics_jsonl
+from test_builtin_rollout import PAD
+from test_builtin_rollout import make_hf as make_builtin_hf
+from test_builtin_rollout import params as builtin_params
+from test_builtin_rollout import prompts as builtin_prompts
 from workers.rollout.base import SamplingParams
 from workers.rollout.builtin import BuiltinRolloutEngine
 
 pytestmark = pytest.mark.timeout(300)
 
-VOCAB, PAD, STOP = 40, 0, 3
-TINY = dict(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=96, max_position_embeddings=128, initializer_range=0.3)
-
 
 def make_hf(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(Qwen2Config(**{**TINY, **overrides})).eval()
-    with torch.no_grad():  # random q/k/v biases make the bias path observable
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.3)
-    return model.to(dtype)
+    """test_builtin_rollout's tiny Qwen2 at hidden 128 (head_dim 32, which the kernels need)."""
+    return make_builtin_hf("qwen2", seed=seed, **{"hidden_size": 128, **overrides}).to(dtype)
 
 
 def engine(hf, kernels: str, dtype: str = "float32") -> BuiltinRolloutEngine:
@@ -48,18 +43,11 @@ def engine(hf, kernels: str, dtype: str = "float32") -> BuiltinRolloutEngine:
 
 
 def prompts(batch: int = 6, width: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompts: row i has min(i, width - 1) pad columns."""
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(4, VOCAB, (batch, width), generator=g)
-    mask = torch.ones_like(ids)
-    for i in range(batch):
-        mask[i, : min(i, width - 1)] = 0
-    return ids.masked_fill(mask == 0, PAD), mask
+    return builtin_prompts(batch, width)
 
 
 def params(**kw) -> SamplingParams:
-    base = dict(n=1, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=20, seed=0, stop_token_ids=(STOP,))
-    return SamplingParams(**{**base, **kw})
+    return builtin_params(**{"max_new_tokens": 20, **kw})
 
 
 @pytest.mark.parametrize("sampling", [dict(), dict(n=4, temperature=1.0), dict(n=3, temperature=0.8, top_k=10, top_p=0.9)])

@@ -15,7 +15,7 @@ import torch
 from workers.batch import Batch
 from workers.rollout.layout import rollout_output
 from workers.rollout.base import SamplingParams
-from workers.rollout.builtin.cpu_kernels import FusedCpuDecoder
+from workers.rollout.builtin.cpu_kernels import SLOT_BLOCK, FusedCpuDecoder
 from workers.rollout.builtin.decode_loop import GroupResult, LoopConfig, run_group
 from workers.rollout.builtin.kv_cache import KVCache
 from workers.rollout.builtin.model import CompactDecoder
@@ -77,14 +77,12 @@ class BuiltinRolloutEngine:
             num_layers=self.spec.num_layers,
             max_batch=self.max_batch_size,
             kv_heads=self.spec.num_kv_heads,
-            # the C++ kernels score keys 16 slots at a time, reading up to a multiple of 16
-            max_len=-(-self.max_seq_len // 16) * 16 if fused else self.max_seq_len,
+            max_len=-(-self.max_seq_len // SLOT_BLOCK) * SLOT_BLOCK if fused else self.max_seq_len,
             head_dim=self.spec.head_dim,
             dtype=self.dtype,
             device=self.device,
             keys_dim_major=fused,
         )
-        self.kernels = kernels
         self._step: CompactDecoder | FusedCpuDecoder = (
             FusedCpuDecoder(self.model, self.max_batch_size) if kernels == "cpp" else self.model
         )
