@@ -81,7 +81,7 @@ class BuiltinRolloutEngine:
             head_dim=self.spec.head_dim,
             dtype=self.dtype,
             device=self.device,
-            keys_dim_major=fused,
+            kernel_layout=fused,
         )
         self._step: CompactDecoder | FusedCpuDecoder = (
             FusedCpuDecoder(self.model, self.max_batch_size) if kernels == "cpp" else self.model

@@ -24,12 +24,13 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
-        keys_dim_major: bool = False,
+        kernel_layout: bool = False,
     ) -> None:
-        """keys_dim_major: each (row, head)'s keys are stored [head_dim, max_len] instead of [max_len, head_dim]
-        (same bytes), so a decode kernel can score many keys per vector op; only the C++ kernels read it."""
+        """kernel_layout: how each (row, head)'s max_len * head_dim keys and values are ordered is up to the
+        C++ kernels (keys dim-major, bf16 pairs interleaved, ...), so only they read the cache and
+        compaction moves whole rows; otherwise rows are [max_len, head_dim] for the torch ops."""
         self.shape = (num_layers, 2, max_batch, kv_heads, max_len, head_dim)
-        self.keys_dim_major = keys_dim_major
+        self.kernel_layout = kernel_layout
         self.dtype = dtype
         self.device = torch.device(device)
         self.max_batch = max_batch
@@ -99,9 +100,8 @@ class KVCache:
         """Rows [0, len(index)) become old rows `index` over slots [0, length) (compaction and n-sample fan-out)."""
         kv = self._block()
         m = index.shape[0]
-        if self.keys_dim_major:  # a slot prefix is not a prefix of the memory: move whole key rows
-            kv[:, 0, :m] = kv[:, 0].index_select(1, index)
-            kv[:, 1, :m, :, :length] = kv[:, 1, :, :, :length].index_select(1, index)
+        if self.kernel_layout:  # a slot prefix need not be a prefix of the memory: move whole rows
+            kv[:, :, :m] = kv.index_select(2, index)
         else:
             kv[:, :, :m, :, :length] = kv[:, :, :, :, :length].index_select(2, index)
         self.key_valid[:m, :length] = self.key_valid[:, :length].index_select(0, index)

@@ -76,12 +76,15 @@ def _or_empty(t: torch.Tensor | None) -> torch.Tensor:
 class FusedCpuDecoder:
     """CompactDecoder's interface with decode in C++; call `pack()` after the weights change."""
 
-    def __init__(self, model: CompactDecoder, max_batch: int) -> None:
+    def __init__(self, model: CompactDecoder, max_batch: int, paired_bf16: bool = True) -> None:
+        """paired_bf16: bf16 attention on AVX512-BF16 dot products when this CPU has them (False: the
+        portable vector loops, which tests use to cover the path other CPUs take)."""
         if model.embed.device.type != "cpu":
             raise CppKernelsUnavailable(f"builtin rollout kernels=cpp runs on CPU only, model is on {model.embed.device}")
         self.model = model
         self.max_batch = max_batch
         self._ext = load_extension()
+        self.paired_bf16 = paired_bf16 and model.embed.dtype == torch.bfloat16 and self._ext.has_paired_bf16()
         self._decoder = None
 
     def pack(self) -> None:
@@ -114,6 +117,7 @@ class FusedCpuDecoder:
             s.head_dim,
             s.intermediate_size,
             float(s.rms_norm_eps),
+            self.paired_bf16,
         )
 
     def invalidate(self) -> None:
@@ -122,8 +126,8 @@ class FusedCpuDecoder:
 
     @staticmethod
     def _check_cache(cache: KVCache) -> None:
-        if not cache.keys_dim_major or cache.max_len % SLOT_BLOCK:
-            raise ValueError(f"builtin rollout kernels=cpp needs a KVCache with keys_dim_major=True and "
+        if not cache.kernel_layout or cache.max_len % SLOT_BLOCK:
+            raise ValueError(f"builtin rollout kernels=cpp needs a KVCache with kernel_layout=True and "
                              f"max_len % {SLOT_BLOCK} == 0")
 
     def _forward(self) -> Any:

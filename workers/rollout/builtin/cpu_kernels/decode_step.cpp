@@ -5,15 +5,24 @@
 // one call: the weight matmuls go to oneDNN with weights packed once per weight load
 // (AMX on bf16-capable Xeons), and everything between them (RMSNorm, RoPE, the KV-cache
 // write, grouped-query attention over the cache, SiLU*up) is a handful of fused loops.
+// The KV cache's layout inside each (row, head) block is this file's business (see the Kv
+// policies): keys are stored so one vector op scores 16 slots, and on CPUs with AVX512-BF16
+// a bf16 cache is stored in pairs so attention runs on vdpbf16ps (a third of the instructions).
 //
 // Numerics: norms, softmax and attention accumulate in fp32; every tensor the Python
-// decoder rounds to the model dtype is rounded here at the same point, so fp32 matches
-// the Python path to float rounding and bf16 to bf16 rounding.
+// decoder rounds to the model dtype is rounded here at the same point (attention
+// probabilities too, before they weigh the values; only the scores stay fp32), so fp32
+// matches the Python path to float rounding and bf16 to bf16 rounding.
 // Built with -march=native: pick ATen's vector width from what the compiler targets.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define CPU_CAPABILITY_AVX512
 #elif defined(__AVX2__) && defined(__FMA__)
 #define CPU_CAPABILITY_AVX2
+#endif
+// AVX512-BF16 (Cooper Lake, Sapphire Rapids and later): bf16 dot products and one-instruction rounding.
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+#define BATON_AVX512_BF16
+#include <immintrin.h>
 #endif
 
 #include <torch/extension.h>
@@ -24,6 +33,8 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -76,6 +87,27 @@ inline fVec round_t(const fVec& v) {
     return load_f(tmp);
   }
 }
+
+#ifdef BATON_AVX512_BF16
+// vcvtneps2bf16 rounds to nearest even like c10::BFloat16 (it flushes fp32 denormals, which activations never are).
+inline __m256i to_bf16_bits(const fVec& v) {
+  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+}
+
+inline fVec from_bf16_bits(__m256i b) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+
+template <>
+inline void store_t<c10::BFloat16>(c10::BFloat16* p, const fVec& v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16_bits(v));
+}
+
+template <>
+inline fVec round_t<c10::BFloat16>(const fVec& v) {
+  return from_bf16_bits(to_bf16_bits(v));
+}
+#endif
 
 inline float sum_lanes(const fVec& v) {
   return at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, v);
@@ -140,23 +172,188 @@ struct AttentionShape {
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kMaxGroup = 16;
 
+// A (row, kv head)'s cache block is max_len * hd elements; how keys and values sit in it is a
+// layout policy. Every policy stores keys so that one vector op scores kV consecutive slots.
+
+// Any dtype: keys dim-major [hd][max_len], values slot-major [max_len][hd].
+template <typename T>
+struct DimMajorKv {
+  static void write(const float* k, const T* v, T* k_head, T* v_head, int64_t slot, int64_t max_len, int64_t hd) {
+    for (int64_t d = 0; d < hd; ++d) k_head[d * max_len + slot] = static_cast<T>(k[d]);
+    std::copy(v, v + hd, v_head + slot * hd);
+  }
+
+  // scores[j * stride + t] = (q_j . k_t) * scale for t in [0, length) (up to the next multiple of kV; the tail
+  // past `length` is garbage the caller masks). q: fp32 [group][hd].
+  static void score(const float* q, const T* k_head, int64_t group, int64_t hd, int64_t max_len, int64_t length,
+                    float scale, float* scores, int64_t stride) {
+    for (int64_t t0 = 0; t0 < length; t0 += kV) {
+      fVec acc[kMaxGroup];
+      for (int64_t j = 0; j < group; ++j) acc[j] = fVec(0.f);
+      for (int64_t d = 0; d < hd; ++d) {
+        const fVec kd = load_f(k_head + d * max_len + t0);
+        for (int64_t j = 0; j < group; ++j) acc[j] = at::vec::fmadd(fVec(q[j * hd + d]), kd, acc[j]);
+      }
+      for (int64_t j = 0; j < group; ++j) (acc[j] * fVec(scale)).store(scores + j * stride + t0);
+    }
+  }
+
+  // out[j] = sum_t probs[j * stride + t] * v_t over t in [0, length); probs are 0 on masked slots.
+  static void weigh(float* probs, int64_t stride, const T* v_head, int64_t group, int64_t hd, int64_t length,
+                    T* out) {
+    const int64_t chunks = hd / kV;
+    for (int64_t j = 0; j < group; ++j) {
+      const float* pj = probs + j * stride;
+      fVec acc[kMaxHeadDim / kV];
+      for (int64_t c = 0; c < chunks; ++c) acc[c] = fVec(0.f);
+      for (int64_t t = 0; t < length; ++t) {
+        if (pj[t] == 0.f) continue;  // prompt padding
+        const fVec p(static_cast<float>(static_cast<T>(pj[t])));  // probs in T, as softmax(...).to(T)
+        const T* vt = v_head + t * hd;
+        for (int64_t c = 0; c < chunks; ++c) acc[c] = at::vec::fmadd(p, load_f(vt + c * kV), acc[c]);
+      }
+      for (int64_t c = 0; c < chunks; ++c) store_t(out + j * hd + c * kV, acc[c]);
+    }
+  }
+};
+
+#ifdef BATON_AVX512_BF16
+// bf16 for vdpbf16ps, which multiplies pairs of bf16 and adds both products to an fp32 lane. Keys in
+// blocks of 16 slots, [max_len/16][hd/2][16][2]: a 64-byte load holds 16 slots x 2 dims and scoring a
+// block reads hd * 32 contiguous bytes. Values [max_len/2][hd][2]: a load holds 16 dims x 2 slots.
+// Probabilities are rounded to bf16 before weighing the values, as the torch path's softmax(...).to(bf16).
+struct PairedBf16Kv {
+  using T = c10::BFloat16;
+
+  static uint32_t pair(float lo, float hi) {  // lo/hi already hold bf16 values: the conversion is exact
+    return static_cast<uint32_t>(T(lo).x) | (static_cast<uint32_t>(T(hi).x) << 16);
+  }
+
+  static __m512bh as_bf16(__m512i v) { return reinterpret_cast<__m512bh>(v); }
+
+  static void write(const float* k, const T* v, T* k_head, T* v_head, int64_t slot, int64_t max_len, int64_t hd) {
+    uint32_t* kp = reinterpret_cast<uint32_t*>(k_head) + (slot / 16) * (hd / 2) * 16 + slot % 16;
+    for (int64_t d = 0; d < hd; d += 2) kp[(d / 2) * 16] = pair(k[d], k[d + 1]);
+    // dims widened to 32 bits, shifted into this slot's half of each (even, odd) pair, stored under a mask
+    uint16_t* vp = reinterpret_cast<uint16_t*>(v_head) + (slot / 2) * hd * 2;
+    const __mmask32 half = (slot & 1) ? 0xAAAAAAAAu : 0x55555555u;
+    for (int64_t d = 0; d < hd; d += 16) {
+      __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + d)));
+      if (slot & 1) w = _mm512_slli_epi32(w, 16);
+      _mm512_mask_storeu_epi16(vp + 2 * d, half, w);
+    }
+  }
+
+  static void score(const float* q, const T* k_head, int64_t group, int64_t hd, int64_t max_len, int64_t length,
+                    float scale, float* scores, int64_t stride) {
+    alignas(64) uint32_t qp[kMaxGroup * kMaxHeadDim / 2];
+    for (int64_t i = 0; i < group * hd; i += 2) qp[i / 2] = pair(q[i], q[i + 1]);
+    const int64_t pairs = hd / 2;  // even: hd is a multiple of 32
+    for (int64_t t0 = 0; t0 < length; t0 += 16) {
+      const uint32_t* block = reinterpret_cast<const uint32_t*>(k_head) + t0 * pairs;
+      for (int64_t j = 0; j < group; ++j) {
+        const uint32_t* qj = qp + j * pairs;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();  // two chains hide the dot latency
+        for (int64_t p = 0; p < pairs; p += 2) {
+          a0 = _mm512_dpbf16_ps(a0, as_bf16(_mm512_loadu_si512(block + p * 16)), as_bf16(_mm512_set1_epi32(qj[p])));
+          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_loadu_si512(block + p * 16 + 16)),
+                                as_bf16(_mm512_set1_epi32(qj[p + 1])));
+        }
+        _mm512_storeu_ps(scores + j * stride + t0, _mm512_mul_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(scale)));
+      }
+    }
+  }
+
+  // probs must be 0 up to the next multiple of 16 past `length` (they are overwritten: the bf16 copy goes
+  // in place); values past `length` may be garbage (even NaN): the odd half of a half-filled last pair is
+  // masked out of the load.
+  static void weigh(float* probs, int64_t stride, const T* v_head, int64_t group, int64_t hd, int64_t length,
+                    T* out) {
+    const uint32_t* vp = reinterpret_cast<const uint32_t*>(v_head);  // (slot pair u, dim d) at vp[u * hd + d]
+    const int64_t full = length / 2;
+    for (int64_t j = 0; j < group; ++j) {
+      float* pj = probs + j * stride;
+      // bf16 probabilities, read back as (even, odd) slot pairs; block t0 lands in bytes already read.
+      for (int64_t t0 = 0; t0 < length; t0 += 16) {
+        const __m256i bits = to_bf16_bits(fVec::loadu(pj + t0));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(reinterpret_cast<uint16_t*>(pj) + t0), bits);
+      }
+      const uint32_t* pp = reinterpret_cast<const uint32_t*>(pj);
+      for (int64_t c0 = 0; c0 < hd; c0 += 32) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+        int64_t u = 0;
+        for (; u + 1 < full; u += 2) {
+          const __m512bh p0 = as_bf16(_mm512_set1_epi32(pp[u])), p1 = as_bf16(_mm512_set1_epi32(pp[u + 1]));
+          const uint32_t* v0 = vp + u * hd + c0;
+          const uint32_t* v1 = v0 + hd;
+          a0 = _mm512_dpbf16_ps(a0, as_bf16(_mm512_loadu_si512(v0)), p0);
+          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_loadu_si512(v0 + 16)), p0);
+          b0 = _mm512_dpbf16_ps(b0, as_bf16(_mm512_loadu_si512(v1)), p1);
+          b1 = _mm512_dpbf16_ps(b1, as_bf16(_mm512_loadu_si512(v1 + 16)), p1);
+        }
+        for (; u < (length + 1) / 2; ++u) {
+          const __mmask32 keep = u < full ? ~__mmask32(0) : __mmask32(0x55555555);  // odd slot past length
+          const __m512bh p0 = as_bf16(_mm512_set1_epi32(pp[u]));
+          const uint32_t* v0 = vp + u * hd + c0;
+          a0 = _mm512_dpbf16_ps(a0, as_bf16(_mm512_maskz_loadu_epi16(keep, v0)), p0);
+          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_maskz_loadu_epi16(keep, v0 + 16)), p0);
+        }
+        store_t(out + j * hd + c0, fVec(_mm512_add_ps(a0, b0)));
+        store_t(out + j * hd + c0 + 16, fVec(_mm512_add_ps(a1, b1)));
+      }
+    }
+  }
+};
+#endif
+
+// Softmax over slots [0, length) of each of `group` score rows, in place and in fp32; slots where
+// `valid` is false (prompt padding; null: none) and slots [length, padded) get probability 0.
+// False when no slot is valid (a padding query), leaving the rows undefined.
+inline bool softmax_rows(float* scores, int64_t group, int64_t stride, int64_t length, int64_t padded,
+                         const bool* valid) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  bool any_valid = valid == nullptr;
+  for (int64_t t = 0; t < length && valid; ++t) {
+    if (!valid[t]) {
+      for (int64_t j = 0; j < group; ++j) scores[j * stride + t] = neg_inf;
+    } else {
+      any_valid = true;
+    }
+  }
+  if (!any_valid) return false;
+  for (int64_t j = 0; j < group; ++j) {
+    float* sj = scores + j * stride;
+    std::fill(sj + length, sj + padded, neg_inf);
+    fVec top_v(neg_inf);
+    for (int64_t t = 0; t < padded; t += kV) top_v = at::vec::maximum(top_v, fVec::loadu(sj + t));
+    const fVec top(at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, top_v));
+    fVec total_v(0.f);
+    for (int64_t t = 0; t < padded; t += kV) {
+      const fVec e = (fVec::loadu(sj + t) - top).exp();  // masked slots: exp(-inf) = 0
+      e.store(sj + t);
+      total_v = total_v + e;
+    }
+    const fVec norm(1.f / sum_lanes(total_v));
+    for (int64_t t = 0; t < padded; t += kV) (fVec::loadu(sj + t) * norm).store(sj + t);
+  }
+  return true;
+}
+
 // For every (row, kv head): RoPE the q_len new keys and write them and their values into the
-// cache at slots [first_slot, first_slot + q_len) (keys dim-major: [hd, max_len] per head, max_len a
-// multiple of kV; values slot-major: [max_len, hd]); then query i of each of the group's heads
+// cache at slots [first_slot, first_slot + q_len); then query i of each of the group's heads
 // attends over slots [0, first_slot + i] (causal), skipping slots where `key_valid` is false
 // (prompt padding; null: none). A query with no valid slot (a padding query) gets zeros.
 // qkv: [rows, q_len, (Hq + 2 Hkv) * hd]; out: [rows, q_len, Hq * hd]. fp32 scores and softmax.
-template <typename T>
+template <typename T, typename Kv>
 void rope_cache_attend(
     const T* qkv, const int64_t* positions, const T* cos_table, const T* sin_table,
     T* k_cache, T* v_cache, const bool* key_valid, int64_t key_valid_stride, T* out,
     const AttentionShape& s) {
-  const int64_t hd = s.head_dim, group = s.q_heads / s.kv_heads, chunks = hd / kV;
+  const int64_t hd = s.head_dim, group = s.q_heads / s.kv_heads;
   const int64_t qkv_width = (s.q_heads + 2 * s.kv_heads) * hd;
   const int64_t max_length = s.first_slot + s.q_len;
-  const int64_t padded_max = (max_length + kV - 1) / kV * kV;
+  const int64_t padded_max = (max_length + 15) / 16 * 16;  // slot blocks are 16 wide (kV or a bf16 pair block)
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t work = s.q_len * max_length * hd * group * 2;
   at::parallel_for(0, s.rows * s.kv_heads, grain_for(work), [&](int64_t begin, int64_t end) {
     alignas(64) float q[kMaxGroup * kMaxHeadDim];
@@ -170,67 +367,24 @@ void rope_cache_attend(
 
       for (int64_t i = 0; i < s.q_len; ++i) {
         const T* tok = qkv + (r * s.q_len + i) * qkv_width;
-        const int64_t pos = positions[r * s.q_len + i], slot = s.first_slot + i;
+        const int64_t pos = positions[r * s.q_len + i];
         rope_head(tok + (s.q_heads + g) * hd, cos_table + pos * hd, sin_table + pos * hd, k, hd);
-        for (int64_t d = 0; d < hd; ++d) k_head[d * s.max_len + slot] = static_cast<T>(k[d]);  // dim-major keys
-        const T* v_new = tok + (s.q_heads + s.kv_heads + g) * hd;
-        std::copy(v_new, v_new + hd, v_head + slot * hd);
+        Kv::write(k, tok + (s.q_heads + s.kv_heads + g) * hd, k_head, v_head, s.first_slot + i, s.max_len, hd);
       }
 
       for (int64_t i = 0; i < s.q_len; ++i) {
         const T* tok = qkv + (r * s.q_len + i) * qkv_width;
         const int64_t pos = positions[r * s.q_len + i], length = s.first_slot + i + 1;
-        const int64_t padded = (length + kV - 1) / kV * kV;
+        const int64_t padded = (length + 15) / 16 * 16;
         for (int64_t j = 0; j < group; ++j) {
           rope_head(tok + (g * group + j) * hd, cos_table + pos * hd, sin_table + pos * hd, q + j * hd, hd);
         }
-        // scores[j][t0 .. t0 + kV) = q_j . k_t * scale: keys are dim-major, so one vector op
-        // scores kV slots, with no horizontal sums (slots past `length` are read, then dropped).
-        for (int64_t t0 = 0; t0 < length; t0 += kV) {
-          fVec acc[kMaxGroup];
-          for (int64_t j = 0; j < group; ++j) acc[j] = fVec(0.f);
-          for (int64_t d = 0; d < hd; ++d) {
-            const fVec kd = load_f(k_head + d * s.max_len + t0);
-            for (int64_t j = 0; j < group; ++j) acc[j] = at::vec::fmadd(fVec(q[j * hd + d]), kd, acc[j]);
-          }
-          for (int64_t j = 0; j < group; ++j) (acc[j] * fVec(scale)).store(scores.data() + j * padded + t0);
-        }
-        bool any_valid = valid == nullptr;
-        for (int64_t t = 0; t < length && valid; ++t) {
-          if (!valid[t]) {
-            for (int64_t j = 0; j < group; ++j) scores[j * padded + t] = neg_inf;
-          } else {
-            any_valid = true;
-          }
-        }
-        T* o_row = out + (r * s.q_len + i) * s.q_heads * hd;
-        for (int64_t j = 0; j < group; ++j) {
-          T* o = o_row + (g * group + j) * hd;
-          if (!any_valid) {
-            std::fill(o, o + hd, static_cast<T>(0.f));
-            continue;
-          }
-          float* sj = scores.data() + j * padded;
-          std::fill(sj + length, sj + padded, neg_inf);
-          fVec top_v(neg_inf);
-          for (int64_t t = 0; t < padded; t += kV) top_v = at::vec::maximum(top_v, fVec::loadu(sj + t));
-          const fVec top(at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); }, top_v));
-          fVec total_v(0.f);
-          for (int64_t t = 0; t < padded; t += kV) {
-            const fVec e = (fVec::loadu(sj + t) - top).exp();  // masked slots: exp(-inf) = 0
-            e.store(sj + t);
-            total_v = total_v + e;
-          }
-          const float norm = 1.f / sum_lanes(total_v);
-          fVec acc[kMaxHeadDim / kV];
-          for (int64_t c = 0; c < chunks; ++c) acc[c] = fVec(0.f);
-          for (int64_t t = 0; t < length; ++t) {
-            if (sj[t] == 0.f) continue;
-            const fVec p(sj[t] * norm);
-            const T* vt = v_head + t * hd;
-            for (int64_t c = 0; c < chunks; ++c) acc[c] = at::vec::fmadd(p, load_f(vt + c * kV), acc[c]);
-          }
-          for (int64_t c = 0; c < chunks; ++c) store_t(o + c * kV, acc[c]);
+        T* o = out + ((r * s.q_len + i) * s.q_heads + g * group) * hd;
+        Kv::score(q, k_head, group, hd, s.max_len, length, scale, scores.data(), padded);
+        if (softmax_rows(scores.data(), group, padded, length, padded, valid)) {
+          Kv::weigh(scores.data(), padded, v_head, group, hd, length, o);
+        } else {
+          std::fill(o, o + group * hd, static_cast<T>(0.f));
         }
       }
     }
@@ -280,16 +434,26 @@ std::optional<Tensor> maybe(const Tensor& t) {
 
 }  // namespace
 
+// Whether this build has the AVX512-BF16 attention (bf16 caches in the paired layout).
+bool has_paired_bf16() {
+#ifdef BATON_AVX512_BF16
+  return true;
+#else
+  return false;
+#endif
+}
+
 // The decoder's weights as the C++ step sees them: norms and embeddings shared with the
 // Python module (same storage), projection weights packed (rebuilt after every weight load).
 class CpuDecoder {
  public:
   CpuDecoder(Tensor embed, Tensor final_norm, Tensor lm_head, Tensor rope_cos, Tensor rope_sin,
              std::vector<std::vector<Tensor>> layers, int64_t q_heads, int64_t kv_heads,
-             int64_t head_dim, int64_t intermediate, double eps)
+             int64_t head_dim, int64_t intermediate, double eps, bool paired_bf16)
       : embed_(std::move(embed)), final_norm_(std::move(final_norm)), lm_head_(std::move(lm_head)),
         cos_(std::move(rope_cos)), sin_(std::move(rope_sin)), q_heads_(q_heads), kv_heads_(kv_heads),
-        head_dim_(head_dim), inter_(intermediate), eps_(static_cast<float>(eps)) {
+        head_dim_(head_dim), inter_(intermediate), eps_(static_cast<float>(eps)),
+        paired_bf16_(paired_bf16 && has_paired_bf16()) {
     TORCH_CHECK(q_heads_ % kv_heads_ == 0, "q_heads must be a multiple of kv_heads");
     TORCH_CHECK(head_dim_ % (2 * kV) == 0 && head_dim_ <= kMaxHeadDim,
                 "head_dim ", head_dim_, " must be a multiple of ", 2 * kV, " and at most ", kMaxHeadDim);
@@ -351,10 +515,8 @@ class CpuDecoder {
       TORCH_CHECK(keys[i].is_contiguous() && values[i].is_contiguous(), "KV cache views must be contiguous");
       rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), l.input_norm.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), n, d, eps_);
       Tensor qkv = packed_linear(h, l.qkv, l.qkv_b);
-      rope_cache_attend<scalar_t>(
-          qkv.data_ptr<scalar_t>(), pos.data_ptr<int64_t>(), cos_.data_ptr<scalar_t>(), sin_.data_ptr<scalar_t>(),
-          keys[i].data_ptr<scalar_t>(), values[i].data_ptr<scalar_t>(), valid, valid_stride,
-          attn.data_ptr<scalar_t>(), shape);
+      attend<scalar_t>(qkv.data_ptr<scalar_t>(), pos.data_ptr<int64_t>(), keys[i].data_ptr<scalar_t>(),
+                       values[i].data_ptr<scalar_t>(), valid, valid_stride, attn.data_ptr<scalar_t>(), shape);
       x = packed_linear_add(attn, x, l.o, l.o_b);
       rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), l.post_norm.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), n, d, eps_);
       Tensor gate_up = packed_linear(h, l.gate_up, l.gate_up_b);
@@ -364,16 +526,35 @@ class CpuDecoder {
     rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), final_norm_.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), n, d, eps_);
   }
 
+  // The cache layout is this decoder's choice: paired bf16 (vdpbf16ps) when built for it and asked for.
+  template <typename scalar_t>
+  void attend(const scalar_t* qkv, const int64_t* pos, scalar_t* keys, scalar_t* values, const bool* valid,
+              int64_t valid_stride, scalar_t* out, const AttentionShape& shape) const {
+    const scalar_t* cos = cos_.data_ptr<scalar_t>();
+    const scalar_t* sin = sin_.data_ptr<scalar_t>();
+#ifdef BATON_AVX512_BF16
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      if (paired_bf16_) {
+        rope_cache_attend<scalar_t, PairedBf16Kv>(qkv, pos, cos, sin, keys, values, valid, valid_stride, out, shape);
+        return;
+      }
+    }
+#endif
+    rope_cache_attend<scalar_t, DimMajorKv<scalar_t>>(qkv, pos, cos, sin, keys, values, valid, valid_stride, out, shape);
+  }
+
   Tensor embed_, final_norm_, lm_head_, cos_, sin_;
   std::vector<Layer> layers_;
   int64_t q_heads_, kv_heads_, head_dim_, inter_;
   float eps_;
+  bool paired_bf16_;
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Baton's fused CPU decode step for the built-in rollout engine";
+  m.def("has_paired_bf16", &has_paired_bf16, "whether bf16 attention can use AVX512-BF16 dot products");
   pybind11::class_<CpuDecoder>(m, "CpuDecoder")
       .def(pybind11::init<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<std::vector<Tensor>>, int64_t, int64_t,
-                          int64_t, int64_t, double>())
+                          int64_t, int64_t, double, bool>())
       .def("forward", &CpuDecoder::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
