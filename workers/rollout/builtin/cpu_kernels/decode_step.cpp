@@ -478,6 +478,7 @@ class CpuDecoder {
     TORCH_CHECK(tokens.scalar_type() == at::kLong && positions.scalar_type() == at::kLong, "tokens and positions must be int64");
     TORCH_CHECK(first_slot + q <= keys[0].size(2), "slots up to ", first_slot + q, " exceed the cache length ", keys[0].size(2));
     TORCH_CHECK(n <= keys[0].size(0), "more rows than the cache holds");
+    TORCH_CHECK(keys[0].size(2) % 16 == 0, "the cache length must be a multiple of 16 (attention reads 16-slot blocks)");
     Tensor pos = positions.contiguous();
     Tensor x = embed_.index_select(0, tokens.reshape({-1}));
     Tensor h = at::empty_like(x);
