@@ -58,7 +58,9 @@ def test_cpp_matches_torch_fp32(sampling):
     hf = make_hf()
     ids, mask = prompts()
     ref, _ = engine(hf, "torch").generate_tensors(ids, mask, params(**sampling))
-    out, stats = engine(hf, "cpp").generate_tensors(ids, mask, params(**sampling))
+    cpp = engine(hf, "cpp")
+    assert cpp.forward_path == "cpp"  # fp32: the portable attention, never the bf16 pairs
+    out, stats = cpp.generate_tensors(ids, mask, params(**sampling))
     assert torch.equal(out["responses"], ref["responses"])
     assert torch.equal(out["response_mask"], ref["response_mask"])
     assert (out["rollout_log_probs"] - ref["rollout_log_probs"]).abs().max().item() <= 1e-4
@@ -94,8 +96,11 @@ def test_cpp_bf16_close_to_torch_bf16():
     log-prob is within bf16 noise (later tokens may part ways at a near-tie, then differ for good)."""
     hf = make_hf(dtype=torch.bfloat16)
     ids, mask = prompts()
-    ref, _ = engine(hf, "torch", "bfloat16").generate_tensors(ids, mask, params(max_new_tokens=8, stop_token_ids=()))
-    out, _ = engine(hf, "cpp", "bfloat16").generate_tensors(ids, mask, params(max_new_tokens=8, stop_token_ids=()))
+    torch_engine, cpp_engine = engine(hf, "torch", "bfloat16"), engine(hf, "cpp", "bfloat16")
+    paired = load_extension().has_paired_bf16()
+    assert (torch_engine.forward_path, cpp_engine.forward_path) == ("torch", "cpp, AVX512-BF16 attention" if paired else "cpp")
+    ref, _ = torch_engine.generate_tensors(ids, mask, params(max_new_tokens=8, stop_token_ids=()))
+    out, _ = cpp_engine.generate_tensors(ids, mask, params(max_new_tokens=8, stop_token_ids=()))
     assert torch.equal(out["responses"][:, 0], ref["responses"][:, 0])
     assert (out["responses"] == ref["responses"]).float().mean().item() >= 0.75
     first = (out["rollout_log_probs"][:, 0] - ref["rollout_log_probs"][:, 0]).abs().max().item()

@@ -172,6 +172,7 @@ def run_rollout_bench(
         "hf_best_tokens_per_s": hf_best,
         "speedup_vs_hf_best": fastest("builtin", "tokens_per_s") / hf_best,
         "speedup_vs_hf_median": fastest("builtin", "median_tokens_per_s") / fastest("hf", "median_tokens_per_s"),
+        "forward_paths": {kernels: engine.forward_path for kernels, engine in engines.items()},
     }
     _print_table(summary)
     return summary
@@ -183,6 +184,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         f"prompt {summary['prompt_len']}, {summary['new_tokens']} new tokens, {summary['dtype']}, "
         f"{summary['threads']} threads, {summary['device']}"
     )
+    print("builtin forwards: " + "; ".join(f"{k} = {v}" for k, v in summary["forward_paths"].items()))
     hf_best = summary["hf_best_tokens_per_s"]
     print(f"{'engine':<30}{'tok/s (best)':>14}{'tok/s (median)':>16}{'x HF best':>11}")
     for name, r in summary["results"].items():

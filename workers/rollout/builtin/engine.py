@@ -125,6 +125,13 @@ class BuiltinRolloutEngine:
         return self.loader.read(name)
 
     @property
+    def forward_path(self) -> str:
+        """Which forward decodes: "torch", "cpp" or "cpp, AVX512-BF16 attention" (benchmarks print it)."""
+        if not isinstance(self._step, FusedCpuDecoder):
+            return "torch"
+        return "cpp, AVX512-BF16 attention" if self._step.paired_bf16 else "cpp"
+
+    @property
     def asleep(self) -> bool:
         """True when the KV cache is freed or the weights are parked off-device."""
         return not (self.cache.allocated and self._weights_on_device)
