@@ -11,9 +11,8 @@ from omegaconf import DictConfig
 from hybrid_engine import HybridEngine, WeightStream, group_param_diffs
 from workers.batch import Batch
 from workers.roles.mini_batches import mean_history, mini_batches
-from workers.engines.fsdp2.engine import FSDPEngine
 from workers.roles.actor_loss import make_actor_loss
-from workers.roles.engine_specs import actor_optimizer_steps, fsdp_spec, optim_spec
+from workers.roles.engine_specs import actor_optimizer_steps, optim_spec, role_engine
 from workers.roles.rollout_worker import max_seq_len, rank_sampling
 from workers.rollout.base import RolloutEngine, SamplingParams
 from workers.rollout.factory import build_rollout
@@ -25,12 +24,8 @@ class ActorRolloutWorker(Worker):
         super().__init__(ctx)
         self.cfg = cfg
         torch.manual_seed(cfg.trainer.seed)
-        self.engine = FSDPEngine(
-            fsdp_spec(cfg.model.path, "causal_lm", cfg.model, use_gpu=cfg.cluster.use_gpu, seed=cfg.trainer.seed,
-                      trainable=True),
-            optim_spec(cfg.actor.optim, actor_optimizer_steps(cfg)),
-            device=ctx.device,
-        )
+        self.engine = role_engine(cfg, ctx.device, cfg.model.path, "causal_lm",
+                                  optim_spec(cfg.actor.optim, actor_optimizer_steps(cfg)))
         self.rollout = self._build_rollout(ctx, cfg, pad_token_id)
         self.hybrid = HybridEngine(
             self.engine.module, self.engine.optimizer, self.rollout, device=ctx.device,

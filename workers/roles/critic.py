@@ -11,10 +11,9 @@ from torch import Tensor
 from workers.batch import Batch
 from workers.roles.mini_batches import mean_history, mini_batches
 from workers.engines import LossFn, LossNorm
-from workers.engines.fsdp2.engine import FSDPEngine
 from workers.losses.aggregation import LossAgg
 from workers.losses.value import value_loss
-from workers.roles.engine_specs import fsdp_spec, optim_spec
+from workers.roles.engine_specs import optim_spec, role_engine
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
 # engine metric -> logged name (the engine reports these for every optimizer step)
@@ -50,10 +49,8 @@ class CriticWorker(Worker):
     def __init__(self, ctx: WorkerContext, cfg: DictConfig):
         super().__init__(ctx)
         self.cfg = cfg
-        self.engine = FSDPEngine(
-            fsdp_spec(cfg.critic.model_path, "value", cfg.model, use_gpu=cfg.cluster.use_gpu, seed=cfg.trainer.seed,
-                      trainable=True),
-            optim_spec(cfg.critic.optim, critic_optimizer_steps(cfg)), device=ctx.device)
+        self.engine = role_engine(cfg, ctx.device, cfg.critic.model_path, "value",
+                                  optim_spec(cfg.critic.optim, critic_optimizer_steps(cfg)))
         self.loss_fn = make_critic_loss(cfg)
         # its own stream (not the actor's), so adding a critic leaves the actor's mini-batch order unchanged
         self.shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + 500 + ctx.rank)

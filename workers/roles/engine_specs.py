@@ -1,12 +1,21 @@
 """Translate the (already validated) config sections into the engines' frozen specs."""
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
+from workers.engines.fsdp2.engine import FSDPEngine
 from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
 
 
-def fsdp_spec(model_path: str, model_kind: str, model_cfg: DictConfig, *, use_gpu: bool, seed: int,
+def role_engine(cfg: DictConfig, device: torch.device, model_path: str, model_kind: str,
+                optim: OptimSpec | None) -> FSDPEngine:
+    """A role's FSDP2 engine from the job config: trained when it gets an optimizer, frozen otherwise."""
+    spec = fsdp_spec(model_path, model_kind, cfg.model, seed=cfg.trainer.seed, trainable=optim is not None)
+    return FSDPEngine(spec, optim, device=device)
+
+
+def fsdp_spec(model_path: str, model_kind: str, model_cfg: DictConfig, *, seed: int,
               trainable: bool) -> FSDPEngineSpec:
     """Master weights stay fp32 for trained roles; compute runs in model.dtype."""
     compute = model_cfg.dtype

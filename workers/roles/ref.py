@@ -4,8 +4,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from workers.batch import Batch
-from workers.engines.fsdp2.engine import FSDPEngine
-from workers.roles.engine_specs import fsdp_spec
+from workers.roles.engine_specs import role_engine
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
 
@@ -13,10 +12,7 @@ class RefWorker(Worker):
     def __init__(self, ctx: WorkerContext, cfg: DictConfig):
         super().__init__(ctx)
         self.cfg = cfg
-        self.engine = FSDPEngine(
-            fsdp_spec(cfg.model.path, "causal_lm", cfg.model, use_gpu=cfg.cluster.use_gpu, seed=cfg.trainer.seed,
-                      trainable=False),
-            None, device=ctx.device)
+        self.engine = role_engine(cfg, ctx.device, cfg.model.path, "causal_lm", optim=None)
 
     @register(Dispatch.DP)
     def compute_ref_log_prob(self, batch: Batch) -> Batch:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from workers.batch import Batch
-from workers.engines.fsdp2.engine import FSDPEngine
-from workers.roles.engine_specs import fsdp_spec
+from workers.roles.engine_specs import role_engine
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
 
@@ -14,10 +13,7 @@ class RewardModelWorker(Worker):
     def __init__(self, ctx: WorkerContext, cfg: DictConfig):
         super().__init__(ctx)
         self.cfg = cfg
-        self.engine = FSDPEngine(
-            fsdp_spec(cfg.reward.reward_model.path, "reward", cfg.model, use_gpu=cfg.cluster.use_gpu,
-                      seed=cfg.trainer.seed, trainable=False),
-            None, device=ctx.device)
+        self.engine = role_engine(cfg, ctx.device, cfg.reward.reward_model.path, "reward", optim=None)
 
     @register(Dispatch.DP)
     def compute_rm_score(self, batch: Batch) -> Batch:

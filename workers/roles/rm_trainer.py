@@ -11,9 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from workers.batch import Batch
-from workers.engines.fsdp2.engine import FSDPEngine
 from workers.losses.bradley_terry import bradley_terry_loss, split_pairs
-from workers.roles.engine_specs import fsdp_spec, optim_spec
+from workers.roles.engine_specs import optim_spec, role_engine
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
 ROW_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids", "response_mask")
@@ -29,10 +28,8 @@ class RMTrainerWorker(Worker):
     def __init__(self, ctx: WorkerContext, cfg: DictConfig):
         super().__init__(ctx)
         self.cfg = cfg
-        self.engine = FSDPEngine(
-            fsdp_spec(cfg.rm.base_model_path, "reward", cfg.model, use_gpu=cfg.cluster.use_gpu, seed=cfg.trainer.seed,
-                      trainable=True),
-            optim_spec(cfg.rm.optim, cfg.rm.steps), device=ctx.device)
+        self.engine = role_engine(cfg, ctx.device, cfg.rm.base_model_path, "reward",
+                                  optim_spec(cfg.rm.optim, cfg.rm.steps))
 
     @register(Dispatch.DP)
     def train_step(self, pairs: Batch) -> dict[str, float]:

@@ -5,9 +5,8 @@ import torch
 from omegaconf import DictConfig
 
 from workers.batch import Batch
-from workers.engines.fsdp2.engine import FSDPEngine
 from workers.losses.sft import sft_loss
-from workers.roles.engine_specs import fsdp_spec, optim_spec
+from workers.roles.engine_specs import optim_spec, role_engine
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
 
@@ -16,10 +15,7 @@ class SFTWorker(Worker):
         super().__init__(ctx)
         self.cfg = cfg
         torch.manual_seed(cfg.trainer.seed)
-        self.engine = FSDPEngine(
-            fsdp_spec(base_model_path, "causal_lm", cfg.model, use_gpu=cfg.cluster.use_gpu, seed=cfg.trainer.seed,
-                      trainable=True),
-            optim_spec(cfg.sft.optim, cfg.sft.steps), device=ctx.device)
+        self.engine = role_engine(cfg, ctx.device, base_model_path, "causal_lm", optim_spec(cfg.sft.optim, cfg.sft.steps))
 
     @register(Dispatch.DP)
     def train_step(self, batch: Batch) -> dict[str, float]:

@@ -171,6 +171,10 @@ struct AttentionShape {
 
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kMaxGroup = 16;
+// Attention scores slots in blocks of this many (SLOT_BLOCK in __init__.py): cache lengths are multiples of it.
+constexpr int64_t kSlotBlock = 16;
+
+inline int64_t round_up_to_block(int64_t slots) { return (slots + kSlotBlock - 1) / kSlotBlock * kSlotBlock; }
 
 // A (row, kv head)'s cache block is max_len * hd elements; how keys and values sit in it is a
 // layout policy. Every policy stores keys so that one vector op scores kV consecutive slots.
@@ -224,6 +228,7 @@ struct DimMajorKv {
 // Probabilities are rounded to bf16 before weighing the values, as the torch path's softmax(...).to(bf16).
 struct PairedBf16Kv {
   using T = c10::BFloat16;
+  static_assert(kV == kSlotBlock, "one zmm of fp32 scores is one slot block");
 
   static uint32_t pair(float lo, float hi) {  // lo/hi already hold bf16 values: the conversion is exact
     return static_cast<uint32_t>(T(lo).x) | (static_cast<uint32_t>(T(hi).x) << 16);
@@ -232,12 +237,12 @@ struct PairedBf16Kv {
   static __m512bh as_bf16(__m512i v) { return reinterpret_cast<__m512bh>(v); }
 
   static void write(const float* k, const T* v, T* k_head, T* v_head, int64_t slot, int64_t max_len, int64_t hd) {
-    uint32_t* kp = reinterpret_cast<uint32_t*>(k_head) + (slot / 16) * (hd / 2) * 16 + slot % 16;
-    for (int64_t d = 0; d < hd; d += 2) kp[(d / 2) * 16] = pair(k[d], k[d + 1]);
+    uint32_t* kp = reinterpret_cast<uint32_t*>(k_head) + (slot / kSlotBlock) * (hd / 2) * kSlotBlock + slot % kSlotBlock;
+    for (int64_t d = 0; d < hd; d += 2) kp[(d / 2) * kSlotBlock] = pair(k[d], k[d + 1]);
     // dims widened to 32 bits, shifted into this slot's half of each (even, odd) pair, stored under a mask
     uint16_t* vp = reinterpret_cast<uint16_t*>(v_head) + (slot / 2) * hd * 2;
     const __mmask32 half = (slot & 1) ? 0xAAAAAAAAu : 0x55555555u;
-    for (int64_t d = 0; d < hd; d += 16) {
+    for (int64_t d = 0; d < hd; d += kV) {
       __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + d)));
       if (slot & 1) w = _mm512_slli_epi32(w, 16);
       _mm512_mask_storeu_epi16(vp + 2 * d, half, w);
@@ -249,14 +254,15 @@ struct PairedBf16Kv {
     alignas(64) uint32_t qp[kMaxGroup * kMaxHeadDim / 2];
     for (int64_t i = 0; i < group * hd; i += 2) qp[i / 2] = pair(q[i], q[i + 1]);
     const int64_t pairs = hd / 2;  // even: hd is a multiple of 32
-    for (int64_t t0 = 0; t0 < length; t0 += 16) {
+    for (int64_t t0 = 0; t0 < length; t0 += kSlotBlock) {
       const uint32_t* block = reinterpret_cast<const uint32_t*>(k_head) + t0 * pairs;
       for (int64_t j = 0; j < group; ++j) {
         const uint32_t* qj = qp + j * pairs;
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();  // two chains hide the dot latency
         for (int64_t p = 0; p < pairs; p += 2) {
-          a0 = _mm512_dpbf16_ps(a0, as_bf16(_mm512_loadu_si512(block + p * 16)), as_bf16(_mm512_set1_epi32(qj[p])));
-          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_loadu_si512(block + p * 16 + 16)),
+          a0 = _mm512_dpbf16_ps(a0, as_bf16(_mm512_loadu_si512(block + p * kSlotBlock)),
+                                as_bf16(_mm512_set1_epi32(qj[p])));
+          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_loadu_si512(block + (p + 1) * kSlotBlock)),
                                 as_bf16(_mm512_set1_epi32(qj[p + 1])));
         }
         _mm512_storeu_ps(scores + j * stride + t0, _mm512_mul_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(scale)));
@@ -264,7 +270,7 @@ struct PairedBf16Kv {
     }
   }
 
-  // probs must be 0 up to the next multiple of 16 past `length` (they are overwritten: the bf16 copy goes
+  // probs must be 0 up to the next slot block past `length` (they are overwritten: the bf16 copy goes
   // in place); values past `length` may be garbage (even NaN): the odd half of a half-filled last pair is
   // masked out of the load.
   static void weigh(float* probs, int64_t stride, const T* v_head, int64_t group, int64_t hd, int64_t length,
@@ -274,12 +280,12 @@ struct PairedBf16Kv {
     for (int64_t j = 0; j < group; ++j) {
       float* pj = probs + j * stride;
       // bf16 probabilities, read back as (even, odd) slot pairs; block t0 lands in bytes already read.
-      for (int64_t t0 = 0; t0 < length; t0 += 16) {
+      for (int64_t t0 = 0; t0 < length; t0 += kSlotBlock) {
         const __m256i bits = to_bf16_bits(fVec::loadu(pj + t0));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(reinterpret_cast<uint16_t*>(pj) + t0), bits);
       }
       const uint32_t* pp = reinterpret_cast<const uint32_t*>(pj);
-      for (int64_t c0 = 0; c0 < hd; c0 += 32) {
+      for (int64_t c0 = 0; c0 < hd; c0 += 2 * kV) {
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
         int64_t u = 0;
         for (; u + 1 < full; u += 2) {
@@ -287,42 +293,41 @@ struct PairedBf16Kv {
           const uint32_t* v0 = vp + u * hd + c0;
           const uint32_t* v1 = v0 + hd;
           a0 = _mm512_dpbf16_ps(a0, as_bf16(_mm512_loadu_si512(v0)), p0);
-          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_loadu_si512(v0 + 16)), p0);
+          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_loadu_si512(v0 + kV)), p0);
           b0 = _mm512_dpbf16_ps(b0, as_bf16(_mm512_loadu_si512(v1)), p1);
-          b1 = _mm512_dpbf16_ps(b1, as_bf16(_mm512_loadu_si512(v1 + 16)), p1);
+          b1 = _mm512_dpbf16_ps(b1, as_bf16(_mm512_loadu_si512(v1 + kV)), p1);
         }
         for (; u < (length + 1) / 2; ++u) {
           const __mmask32 keep = u < full ? ~__mmask32(0) : __mmask32(0x55555555);  // odd slot past length
           const __m512bh p0 = as_bf16(_mm512_set1_epi32(pp[u]));
           const uint32_t* v0 = vp + u * hd + c0;
           a0 = _mm512_dpbf16_ps(a0, as_bf16(_mm512_maskz_loadu_epi16(keep, v0)), p0);
-          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_maskz_loadu_epi16(keep, v0 + 16)), p0);
+          a1 = _mm512_dpbf16_ps(a1, as_bf16(_mm512_maskz_loadu_epi16(keep, v0 + kV)), p0);
         }
         store_t(out + j * hd + c0, fVec(_mm512_add_ps(a0, b0)));
-        store_t(out + j * hd + c0 + 16, fVec(_mm512_add_ps(a1, b1)));
+        store_t(out + j * hd + c0 + kV, fVec(_mm512_add_ps(a1, b1)));
       }
     }
   }
 };
 #endif
 
-// Softmax over slots [0, length) of each of `group` score rows, in place and in fp32; slots where
-// `valid` is false (prompt padding; null: none) and slots [length, padded) get probability 0.
+// Softmax over slots [0, length) of each of `group` score rows (`padded` apart), in place and in fp32;
+// slots where `valid` is false (prompt padding; null: none) and slots [length, padded) get probability 0.
 // False when no slot is valid (a padding query), leaving the rows undefined.
-inline bool softmax_rows(float* scores, int64_t group, int64_t stride, int64_t length, int64_t padded,
-                         const bool* valid) {
+inline bool softmax_rows(float* scores, int64_t group, int64_t length, int64_t padded, const bool* valid) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   bool any_valid = valid == nullptr;
   for (int64_t t = 0; t < length && valid; ++t) {
     if (!valid[t]) {
-      for (int64_t j = 0; j < group; ++j) scores[j * stride + t] = neg_inf;
+      for (int64_t j = 0; j < group; ++j) scores[j * padded + t] = neg_inf;
     } else {
       any_valid = true;
     }
   }
   if (!any_valid) return false;
   for (int64_t j = 0; j < group; ++j) {
-    float* sj = scores + j * stride;
+    float* sj = scores + j * padded;
     std::fill(sj + length, sj + padded, neg_inf);
     fVec top_v(neg_inf);
     for (int64_t t = 0; t < padded; t += kV) top_v = at::vec::maximum(top_v, fVec::loadu(sj + t));
@@ -352,7 +357,7 @@ void rope_cache_attend(
   const int64_t hd = s.head_dim, group = s.q_heads / s.kv_heads;
   const int64_t qkv_width = (s.q_heads + 2 * s.kv_heads) * hd;
   const int64_t max_length = s.first_slot + s.q_len;
-  const int64_t padded_max = (max_length + 15) / 16 * 16;  // slot blocks are 16 wide (kV or a bf16 pair block)
+  const int64_t padded_max = round_up_to_block(max_length);
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   const int64_t work = s.q_len * max_length * hd * group * 2;
   at::parallel_for(0, s.rows * s.kv_heads, grain_for(work), [&](int64_t begin, int64_t end) {
@@ -375,13 +380,13 @@ void rope_cache_attend(
       for (int64_t i = 0; i < s.q_len; ++i) {
         const T* tok = qkv + (r * s.q_len + i) * qkv_width;
         const int64_t pos = positions[r * s.q_len + i], length = s.first_slot + i + 1;
-        const int64_t padded = (length + 15) / 16 * 16;
+        const int64_t padded = round_up_to_block(length);
         for (int64_t j = 0; j < group; ++j) {
           rope_head(tok + (g * group + j) * hd, cos_table + pos * hd, sin_table + pos * hd, q + j * hd, hd);
         }
         T* o = out + ((r * s.q_len + i) * s.q_heads + g * group) * hd;
         Kv::score(q, k_head, group, hd, s.max_len, length, scale, scores.data(), padded);
-        if (softmax_rows(scores.data(), group, padded, length, padded, valid)) {
+        if (softmax_rows(scores.data(), group, length, padded, valid)) {
           Kv::weigh(scores.data(), padded, v_head, group, hd, length, o);
         } else {
           std::fill(o, o + group * hd, static_cast<T>(0.f));
@@ -453,7 +458,7 @@ class CpuDecoder {
       : embed_(std::move(embed)), final_norm_(std::move(final_norm)), lm_head_(std::move(lm_head)),
         cos_(std::move(rope_cos)), sin_(std::move(rope_sin)), q_heads_(q_heads), kv_heads_(kv_heads),
         head_dim_(head_dim), inter_(intermediate), eps_(static_cast<float>(eps)),
-        paired_bf16_(paired_bf16 && has_paired_bf16()) {
+        paired_bf16_(paired_bf16) {
     TORCH_CHECK(q_heads_ % kv_heads_ == 0, "q_heads must be a multiple of kv_heads");
     TORCH_CHECK(head_dim_ % (2 * kV) == 0 && head_dim_ <= kMaxHeadDim,
                 "head_dim ", head_dim_, " must be a multiple of ", 2 * kV, " and at most ", kMaxHeadDim);
@@ -478,7 +483,8 @@ class CpuDecoder {
     TORCH_CHECK(tokens.scalar_type() == at::kLong && positions.scalar_type() == at::kLong, "tokens and positions must be int64");
     TORCH_CHECK(first_slot + q <= keys[0].size(2), "slots up to ", first_slot + q, " exceed the cache length ", keys[0].size(2));
     TORCH_CHECK(n <= keys[0].size(0), "more rows than the cache holds");
-    TORCH_CHECK(keys[0].size(2) % 16 == 0, "the cache length must be a multiple of 16 (attention reads 16-slot blocks)");
+    TORCH_CHECK(keys[0].size(2) % kSlotBlock == 0, "the cache length must be a multiple of ", kSlotBlock,
+                " (attention reads whole slot blocks)");
     Tensor pos = positions.contiguous();
     Tensor x = embed_.index_select(0, tokens.reshape({-1}));
     Tensor h = at::empty_like(x);
