@@ -16,6 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from orchestrator.assets.char_tokenizer import TOKENIZER_FORMAT
+
 RECIPE_FILE = "baton_warm_start.json"
 SHIPPED_ROOT = Path(__file__).parent / "assets" / "warm_starts"
 WEIGHTS_FILE = "model.safetensors"
@@ -28,6 +30,7 @@ def recipe(cfg: DictConfig) -> dict:
         "sft": {k: v for k, v in OmegaConf.to_container(cfg.sft, resolve=True).items() if k != "output_path"},
         "tiny": OmegaConf.to_container(cfg.model.tiny, resolve=True),
         "seed": cfg.trainer.seed,
+        "tokenizer": TOKENIZER_FORMAT,
     }))
 
 
@@ -38,6 +41,11 @@ def write_recipe(checkpoint_dir: Path, cfg: DictConfig) -> None:
 def matches(checkpoint_dir: Path, cfg: DictConfig) -> bool:
     stamp = Path(checkpoint_dir) / RECIPE_FILE
     return stamp.is_file() and json.loads(stamp.read_text()) == recipe(cfg)
+
+
+def default_path(cfg: DictConfig) -> Path:
+    """Where `model=tiny` puts the warm start (configs/model/tiny.yaml's model.path)."""
+    return Path(cfg.trainer.cache_dir) / "warmstart" / f"{cfg.task.name}-tiny-{cfg.model.tiny.arch}"
 
 
 def shipped_path(cfg: DictConfig) -> Path:

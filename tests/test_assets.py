@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from orchestrator.assets.char_tokenizer import CHARACTERS, build_char_tokenizer, save_char_tokenizer
 from orchestrator.assets.tiny_model import build_tiny_model, count_parameters
+from orchestrator.tokenizer import load_tokenizer
 
 DEFAULT_SIZE = dict(
     hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=768, max_position_embeddings=512
@@ -72,7 +73,7 @@ def test_eos_in_text_is_one_special_token(tokenizer):
 
 def test_save_and_load_through_autotokenizer(tmp_path, tokenizer):
     save_char_tokenizer(tmp_path, model_max_length=128)
-    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
     text = "12 + 30 = 42\nok?"
     assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert loaded.decode(loaded(text)["input_ids"]) == text
@@ -99,7 +100,7 @@ def test_default_model_loads_like_a_hub_model(default_model_dir):
 
 def test_model_and_tokenizer_ids_agree(default_model_dir):
     model = AutoModelForCausalLM.from_pretrained(default_model_dir)
-    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    tok = load_tokenizer(default_model_dir)
     assert model.config.vocab_size == len(tok)
     assert model.config.pad_token_id == tok.pad_token_id == 0
     assert model.config.bos_token_id == tok.bos_token_id

@@ -5,18 +5,19 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoModelForTokenClassification
 
 from e2e_helpers import fast_overrides, tiny_model
 from orchestrator.config import compose_config, validate_config
 from orchestrator.trainer.loop import mean_metrics
 from orchestrator.trainer.sft_data import sft_batch
+from orchestrator.tokenizer import load_tokenizer
 from workers.runtime import ResourcePool, spawn_colocated
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 CRITIC_METRICS = {"critic/vf_loss", "critic/vf_clipfrac", "critic/values_mean", "critic/grad_norm", "critic/lr",
-                  "critic/step_skipped"}
+                  "critic/step_skipped", "critic/param_norm"}
 
 
 def _batch(tok):
@@ -34,7 +35,7 @@ def test_value_loss_falls_on_a_fixed_batch_and_checkpoint_round_trips(ray_cluste
     model = tiny_model(tmp_path / "model")
     overrides = fast_overrides(model, tmp_path, steps=8) + ["actor.shuffle_mini_batches=false"]
     cfg = validate_config(compose_config(["algorithm=ppo", *overrides]), check_files=True)
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = load_tokenizer(model)
     pool = ResourcePool(name="critic-test", nnodes=1, devices_per_node=2, use_gpu=False, cpus_per_worker=1,
                         ready_timeout_s=60)
     critic = spawn_colocated(pool, {"critic": (CriticWorker, {"cfg": cfg})}, timeout_s=120,

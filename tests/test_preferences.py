@@ -102,9 +102,9 @@ def test_baton_rm_rejects_bad_input_before_ray_starts(tmp_path):
 
 
 def test_pair_rows_stack_into_adjacent_chosen_rejected_rows(tmp_path):
-    from transformers import AutoTokenizer
+    from orchestrator.tokenizer import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_model(tmp_path / "model"))
+    tok = load_tokenizer(tiny_model(tmp_path / "model"))
     rows = [{"prompt": "7+8=", "chosen": "15", "rejected": "16", "source": "x", "row": 0},
             {"prompt": "10-1=", "chosen": "9", "rejected": "109", "source": "x", "row": 1}]
     with pytest.raises(ConfigError, match="x row 1: prompt \\+ response is 9 tokens, over"):

@@ -9,7 +9,7 @@ import random
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from e2e_helpers import fast_overrides, tiny_model
 from orchestrator.config import compose_config, validate_config
@@ -17,6 +17,7 @@ from orchestrator.entry import sft, train
 from orchestrator.rm_training import EVAL_FILE, train_reward_model
 from orchestrator.trainer.sft_data import sft_batch
 from orchestrator.tracking import read_metrics_jsonl
+from orchestrator.tokenizer import load_tokenizer
 from workers.runtime import ResourcePool, spawn_colocated
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -58,7 +59,7 @@ def test_checkpoint_is_an_hf_sequence_classifier_written_atomically(trained_rm):
     hf = AutoModelForSequenceClassification.from_pretrained(ckpt)  # no missing / newly initialised weights
     assert type(hf).__name__ == "Qwen2ForSequenceClassification" and hf.config.num_labels == 1
     assert json.loads((ckpt / "config.json").read_text())["architectures"] == ["Qwen2ForSequenceClassification"]
-    assert AutoTokenizer.from_pretrained(ckpt).pad_token_id == 0
+    assert load_tokenizer(ckpt).pad_token_id == 0
 
 
 def test_reward_model_role_scores_like_a_direct_hf_forward(trained_rm):
@@ -69,7 +70,7 @@ def test_reward_model_role_scores_like_a_direct_hf_forward(trained_rm):
     overrides = [*fast_overrides(root / "model", root, steps=2), "reward.reward_model.enable=true",
                  f"reward.reward_model.path={ckpt}", "reward.reward_model.micro_batch_size=2"]
     cfg = validate_config(compose_config(overrides), check_files=True)
-    tok = AutoTokenizer.from_pretrained(ckpt)
+    tok = load_tokenizer(ckpt)
     rows = [{"prompt": p, "ground_truth": a, "solution": a, "row": i}
             for i, (p, a) in enumerate([("1+1=", "2"), ("1+1=", "3"), ("13+40=", "54"), ("13+40=", "53"),
                                         ("9-99=", "-90")])]  # 5 rows: the 2-rank split pads one

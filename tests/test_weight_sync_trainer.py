@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
 from e2e_helpers import fast_overrides, tiny_model
 from fault_roles import InspectableActorRolloutWorker, InspectableRolloutWorker
@@ -22,6 +21,7 @@ from orchestrator.trainer.data import load_rows, prompts_to_batch, task_files
 from orchestrator.trainer.loop import RLTrainer
 from orchestrator.trainer.roles import build_roles
 from orchestrator.trainer.sync_check import WeightSyncMismatch
+from orchestrator.tokenizer import load_tokenizer
 from workers.roles.rollout_worker import max_seq_len
 from workers.rollout.builtin.engine import BuiltinRolloutEngine
 
@@ -38,7 +38,7 @@ def trainer(request, ray_cluster, tmp_path_factory):
     cfg = validate_config(compose_config(
         ["algorithm=grpo", f"cluster.placement={placement}", "actor.optim.lr=1e-2",
          *fast_overrides(model, root, steps=3)]), check_files=True)
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = load_tokenizer(model)
     train_files, val_files = task_files(cfg)
     classes = {"actor": InspectableActorRolloutWorker} if placement == "colocated" else \
         {"rollout": InspectableRolloutWorker}

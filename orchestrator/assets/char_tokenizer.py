@@ -1,8 +1,10 @@
 """A character-level tokenizer shipped in the repo, so CPU runs need no model hub.
 
 It is a real `tokenizers` model wrapped in `PreTrainedTokenizerFast`, saved with
-`save_pretrained`, so every consumer loads it with `AutoTokenizer.from_pretrained(dir)`
-exactly as it would load a hub tokenizer: no code path is special-cased for the toy.
+`save_pretrained`, and loaded back from its `tokenizer.json` exactly as saved
+(`orchestrator.tokenizer.load_tokenizer`, or `PreTrainedTokenizerFast.from_pretrained(dir)`).
+Not `AutoTokenizer` alone: for a Qwen2-architecture directory transformers 5 builds Qwen2's
+byte-level BPE instead, which deletes spaces from this vocabulary.
 
 Design choices (each one keeps the char model behaving like a normal HF tokenizer):
 - WordLevel over single characters; the pre-tokenizer isolates every character
@@ -24,6 +26,9 @@ PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 UNK_TOKEN = "<unk>"
+# Part of the warm-start recipe: bump it when the saved tokenizer files change, so a cached or
+# shipped warm start written with the old files is replaced rather than silently reused.
+TOKENIZER_FORMAT = "char-wordlevel/2"
 # Order fixes the ids: pad must be 0 (padding code and configs rely on it).
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 
@@ -73,7 +78,7 @@ def build_char_tokenizer(*, model_max_length: int) -> PreTrainedTokenizerFast:
 
 
 def save_char_tokenizer(out_dir: str | Path, *, model_max_length: int) -> Path:
-    """Write the tokenizer files to `out_dir` (loadable with `AutoTokenizer.from_pretrained`)."""
+    """Write the tokenizer files to `out_dir` (loadable with `orchestrator.tokenizer.load_tokenizer`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     build_char_tokenizer(model_max_length=model_max_length).save_pretrained(out)

@@ -1,8 +1,8 @@
 """Build a tiny random-init causal LM plus the char tokenizer as an ordinary HF model dir.
 
 The point is that nothing downstream knows it is a toy: engines, rollout and
-checkpointing load it with `AutoModelForCausalLM.from_pretrained(dir)` /
-`AutoTokenizer.from_pretrained(dir)`, the same calls that load
+checkpointing load it with `AutoModelForCausalLM.from_pretrained(dir)` and
+`orchestrator.tokenizer.load_tokenizer(dir)`, the same calls that load
 `Qwen/Qwen2.5-0.5B-Instruct`, so CPU runs exercise the production code paths.
 The architectures are the real HF `Qwen2ForCausalLM` / `LlamaForCausalLM`, so
 vLLM and the FSDP2 engine see familiar module names.

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = validate_config(compose_config(list(args.overrides)), check_files=False)
     torch.set_num_threads(2)
-    from transformers import AutoTokenizer
+    from orchestrator.tokenizer import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(cfg.model.path, local_files_only=True)
+    tok = load_tokenizer(cfg.model.path)
     rows = load_rows(task_files(cfg)[1], cfg, tok)[: args.prompts]
     engine = BuiltinRolloutEngine.from_pretrained(
         cfg.model.path, dtype="float32", device="cpu", max_batch_size=len(rows) * args.k,

@@ -14,6 +14,8 @@ from typing import Any, Literal, Sequence
 import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
+from orchestrator.tokenizer import lost_characters
+
 logger = logging.getLogger(__name__)
 
 OnOverlong = Literal["error", "drop"]
@@ -81,12 +83,28 @@ def load_prompt_dataset(
         answers = [
             _as_text(a, path=path, column=answer_key, row=i, allow_int=True) for i, a in enumerate(data[answer_key])
         ]
+        if tokenizer is not None:
+            _check_representable(prompts, path, prompt_key, tokenizer)
+            for key in extra_keys:
+                if all(isinstance(v, str) for v in data[key]):
+                    _check_representable(data[key], path, key, tokenizer)
         keep = _within_length(prompts, path, tokenizer, max_prompt_len, on_overlong)
         for i in keep:
             row: dict[str, Any] = {key: data[key][i] for key in extra_keys}
             row.update(prompt=prompts[i], ground_truth=answers[i], source=str(path), row=i)
             rows.append(row)
     return rows
+
+
+def _check_representable(texts: list[str], path: Path, column: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Text the tokenizer would drop or turn into <unk> is an error naming file, column and row, never silent."""
+    for i, lost in enumerate(lost_characters(tokenizer, texts)):
+        if lost:
+            shown = ", ".join(repr(c) for c in dict.fromkeys(lost))
+            bad = sum(1 for x in lost_characters(tokenizer, texts[i:]) if x)
+            raise ValueError(
+                f"dataset file {path} row {i}: column {column!r} has characters the tokenizer cannot represent "
+                f"({shown}); it would drop them or turn them into <unk> ({bad} such rows from here on)")
 
 
 def _within_length(
