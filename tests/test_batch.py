@@ -295,3 +295,22 @@ def test_repr_is_compact() -> None:
     assert "input_ids: (4, 3) int64" in text and "reward: (4,) float32" in text
     assert "'uid'" in text and "'step'" in text
     assert "\n" not in text
+
+
+def test_concat_merges_rollout_stats_of_every_rank():
+    """Each rank reports its own shard; the concatenated batch describes the whole batch."""
+    from workers.rollout.stats import RolloutStats
+
+    shards = []
+    for lengths, seconds in (([3, 5], 2.0), ([4, 4, 8], 3.0)):
+        b = Batch.from_dict({"x": torch.zeros(len(lengths))})
+        b.meta["rollout_stats"] = RolloutStats.build(lengths=lengths, stop_token=1, repetition=0, seconds=seconds)
+        b.meta["step"] = seconds
+        shards.append(b)
+    merged = Batch.concat(shards).meta
+    stats = merged["rollout_stats"]
+    assert stats["num_sequences"] == 5 and stats["tokens_generated"] == 24 and stats["max_response_length"] == 8
+    assert stats["stop_token_stops"] == 2 and stats["length_stops"] == 3
+    assert stats["seconds"] == 3.0 and stats["tokens_per_s"] == 8.0  # the ranks ran at once: the slowest one's time
+    assert stats["mean_response_length"] == pytest.approx(24 / 5)
+    assert merged["step"] == 2.0  # plain meta values still come from the first batch

@@ -36,3 +36,18 @@ def test_grpo_with_vllm_in_its_own_pool(ray_cluster, tmp_path):
     for r in records:
         assert r["sync/logprob_max_abs_diff"] < 1e-4, r["sync/logprob_max_abs_diff"]
         assert r["sync/tensors_received"] == r["sync/tensors"] > 0
+
+
+def test_readme_smoke_command_on_the_shipped_warm_start_and_on_a_checkpoint_baton_wrote(ray_cluster, tmp_path):
+    """`baton train preset=smoke rollout=vllm` as a newcomer types it (the shipped warm start, whose tied
+    lm_head is stored in its file), then the same command on the actor checkpoint that run wrote."""
+    base = ["preset=smoke", "rollout=vllm", f"trainer.cache_dir={tmp_path / 'cache'}"]
+    first = train(validate_config(compose_config([*base, f"trainer.output_dir={tmp_path / 'run'}"]),
+                                  check_files=False))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_2" / "actor"
+    second = train(validate_config(compose_config([*base, f"model.path={ckpt}", f"trainer.output_dir={tmp_path / 'again'}"]),
+                                   check_files=True))
+    for run, summary in ((tmp_path / "run", first), (tmp_path / "again", second)):
+        records = [r for r in read_metrics_jsonl(run / "metrics.jsonl") if "timing_s/step" in r]
+        assert [r["step"] for r in records] == [1, 2] and summary["status"] == "completed"
+        assert all(r["sync/logprob_max_abs_diff"] < 1e-4 for r in records)

@@ -278,7 +278,12 @@ class Batch:
 
     @staticmethod
     def concat(batches: Sequence[Batch]) -> Batch:
-        """Stack batches row-wise (inverse of chunk); meta comes from the first batch."""
+        """Stack batches row-wise (inverse of chunk).
+
+        Meta comes from the first batch, except values that know how to combine: a meta value
+        whose type has `concat_meta(values)` (e.g. per-rank rollout statistics) is merged over
+        every batch that carries that key.
+        """
         if not batches:
             raise ValueError("concat: need at least one batch")
         first = batches[0]
@@ -290,7 +295,7 @@ class Batch:
         size = sum(len(b) for b in batches)
         tensors = {k: torch.cat([b.tensors[k] for b in batches]) for k in first.tensors.keys()}
         non_tensors = {k: np.concatenate([b.non_tensors[k] for b in batches]) for k in first.non_tensors}
-        return Batch(TensorDict(tensors, batch_size=[size]), non_tensors, dict(first.meta))
+        return Batch(TensorDict(tensors, batch_size=[size]), non_tensors, _concat_meta(batches))
 
     def pad_to_divisor(self, divisor: int) -> tuple[Batch, int]:
         """Append copies of rows from the start (wrapping) until len % divisor == 0.
@@ -347,3 +352,12 @@ def _require(keys: Iterable[str], present: Iterable[str], kind: str) -> None:
     for key in keys:
         if key not in present:
             raise KeyError(f"{kind} key {key!r} not in batch; available: {sorted(present)}")
+
+
+def _concat_meta(batches: Sequence[Batch]) -> dict[str, Any]:
+    meta = dict(batches[0].meta)
+    for key, value in meta.items():
+        merge = getattr(type(value), "concat_meta", None)
+        if merge is not None:
+            meta[key] = merge([b.meta[key] for b in batches if key in b.meta])
+    return meta

@@ -35,6 +35,7 @@ The CPU backend also binds OpenMP threads, drops torch to 1 thread and turns
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -47,7 +48,9 @@ from workers.batch import Batch
 from workers.rollout import vllm_weights
 from workers.rollout.layout import rollout_output
 from workers.rollout.base import SamplingParams
+from workers.rollout.stats import RolloutStats
 from workers.rollout.vllm_env import import_vllm
+from workers.rollout.vllm_world import WorldScoped, private_world
 
 logger = logging.getLogger(__name__)
 
@@ -150,20 +153,24 @@ class VLLMRolloutEngine:
         self.sleep_mode = sleep_level > 0 and current_platform.is_sleep_mode_available()
         self._expected_names = vllm_weights.checkpoint_tensor_names(model_path)
         start = time.perf_counter()
-        self.llm = vllm.LLM(
-            model=self.model_path,
-            dtype=dtype,
-            max_model_len=self.max_model_len,
-            kv_cache_memory_bytes=self.kv_cache_bytes,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            seed=seed,
-            tensor_parallel_size=tensor_parallel_size,
-            distributed_executor_backend="external_launcher" if tensor_parallel_size > 1 else None,
-            enable_sleep_mode=self.sleep_mode,
-            logprobs_mode=LOGPROBS_MODE,
-            generation_config="vllm",
-        )
+        # tensor_parallel_size 1: a world of its own (vllm_world.py); > 1 needs the caller's world
+        scope = private_world() if tensor_parallel_size == 1 else contextlib.nullcontext()
+        with scope:
+            llm = vllm.LLM(
+                model=self.model_path,
+                dtype=dtype,
+                max_model_len=self.max_model_len,
+                kv_cache_memory_bytes=self.kv_cache_bytes,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
+                seed=seed,
+                tensor_parallel_size=tensor_parallel_size,
+                distributed_executor_backend="external_launcher" if tensor_parallel_size > 1 else None,
+                enable_sleep_mode=self.sleep_mode,
+                logprobs_mode=LOGPROBS_MODE,
+                generation_config="vllm",
+            )
+        self.llm = WorldScoped(llm) if tensor_parallel_size == 1 else llm
         self.startup_seconds = time.perf_counter() - start
         self._weights_awake = True
         self._kv_awake = True
@@ -354,19 +361,7 @@ class VLLMRolloutEngine:
         return result
 
 
-def _stats(responses: list[list[int]], stops: dict[str, int], seconds: float, truncated: bool) -> dict[str, float]:
+def _stats(responses: list[list[int]], stops: dict[str, int], seconds: float, truncated: bool) -> RolloutStats:
     """Same keys as the built-in engine's stats (minus its decode-step count), plus the log-prob caveat."""
-    lengths = [len(r) for r in responses]
-    tokens = sum(lengths)
-    return {
-        "num_sequences": float(len(lengths)),
-        "tokens_generated": float(tokens),
-        "mean_response_length": tokens / max(len(lengths), 1),
-        "max_response_length": float(max(lengths, default=0)),
-        "stop_token_stops": float(stops["stop_token"]),
-        "repetition_stops": float(stops["repetition"]),
-        "length_stops": float(len(lengths) - stops["stop_token"] - stops["repetition"]),
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-        "log_probs_truncated": float(truncated),
-    }
+    return RolloutStats.build(lengths=[len(r) for r in responses], stop_token=stops["stop_token"],
+                              repetition=stops["repetition"], seconds=seconds, log_probs_truncated=float(truncated))

@@ -81,10 +81,14 @@ def weight_bytes(worker: Any) -> int:
 
 
 def checkpoint_tensor_names(model_path: str | Path) -> frozenset[str] | None:
-    """Tensor names in the directory's safetensors files (headers only); None if there are none.
+    """Tensor names an update must cover: the directory's safetensors headers, less tied aliases.
 
-    An update must cover all of them: a fused layer missing a part would hold garbage.
+    A fused layer missing a part would hold garbage, hence the check. A tied `lm_head` is
+    left out even where the file stores it: a weight stream sends a tied parameter once, under
+    its embedding name, and vLLM's loader skips `lm_head` for tied models anyway.
     """
+    import json
+
     from safetensors import safe_open
 
     files = sorted(Path(model_path).glob("*.safetensors"))
@@ -94,4 +98,8 @@ def checkpoint_tensor_names(model_path: str | Path) -> frozenset[str] | None:
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             names.update(f.keys())
+    config_file = Path(model_path) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config.get("text_config", config).get("tie_word_embeddings", config.get("tie_word_embeddings", False)):
+        names.discard("lm_head.weight")
     return frozenset(names)

@@ -25,6 +25,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import PretrainedConfig
 
+from hybrid_engine.names import tied_aliases
+
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "lr_scheduler.pt"
@@ -39,16 +41,30 @@ def _require_world(group: ProcessGroup | None) -> None:
         raise NotImplementedError("checkpointing needs the engine's data-parallel group to span all ranks")
 
 
-def _unalias(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Give every key its own storage (tied embeddings may alias): safetensors refuses aliases,
-    and keeping both keys lets the file load strictly into the sharded module."""
+def _hf_state(state: dict[str, Tensor], aliases: dict[str, str]) -> dict[str, Tensor]:
+    """What goes into model.safetensors: tied aliases left out, every other tensor in its own storage.
+
+    HF checkpoints store a tied weight once, under its source name; so does Baton, so that a
+    Baton checkpoint is an ordinary HF directory for every consumer (vLLM expects exactly the
+    tensors a streamed update sends, and the stream sends a tied parameter once).
+    """
     seen: set[int] = set()
     out: dict[str, Tensor] = {}
     for key, tensor in state.items():
+        if key in aliases and aliases[key] in state:
+            continue
         ptr = tensor.untyped_storage().data_ptr()
-        out[key] = tensor.clone() if ptr in seen else tensor.contiguous()
+        out[key] = tensor.clone() if ptr in seen else tensor.contiguous()  # safetensors refuses aliases
         seen.add(ptr)
     return out
+
+
+def _with_aliases(state: dict[str, Tensor], aliases: dict[str, str]) -> dict[str, Tensor]:
+    """Fill tied names an HF file leaves out, so the state loads strictly into the sharded module."""
+    for target, source in aliases.items():
+        if target not in state and source in state:
+            state[target] = state[source]
+    return state
 
 
 def save_checkpoint(
@@ -66,7 +82,8 @@ def save_checkpoint(
     optim_state = get_optimizer_state_dict(module, optimizer, options=_GATHER) if optimizer is not None else None
     if dist.get_rank() == 0:
         os.makedirs(directory, exist_ok=True)
-        save_file(_unalias(model_state), os.path.join(directory, MODEL_FILE), metadata={"format": "pt"})
+        save_file(_hf_state(model_state, tied_aliases(module)), os.path.join(directory, MODEL_FILE),
+                  metadata={"format": "pt"})
         hf_config.save_pretrained(directory)
         if optimizer is not None and scheduler is not None:
             torch.save(optim_state, os.path.join(directory, OPTIMIZER_FILE))
@@ -82,14 +99,16 @@ def load_checkpoint(
     scheduler: LRScheduler | None,
     group: ProcessGroup | None,
     device: torch.device,
+    aliases: dict[str, str],
 ) -> None:
     """Collective: rank 0 reads the files and broadcasts; every rank ends with the same state.
 
     A frozen engine (optimizer None) loads only the weights; a trained one needs all three files.
+    `aliases` (hybrid_engine's `tied_aliases` of the module) fills the tied names the file leaves out.
     """
     _require_world(group)
     rank0 = dist.get_rank() == 0
-    model_state = load_file(os.path.join(directory, MODEL_FILE)) if rank0 else {}
+    model_state = _with_aliases(load_file(os.path.join(directory, MODEL_FILE)), aliases) if rank0 else {}
     set_model_state_dict(module, model_state, options=_SCATTER)
     if optimizer is not None and scheduler is not None:
         optim_state = torch.load(os.path.join(directory, OPTIMIZER_FILE), weights_only=True) if rank0 else {}
