@@ -11,6 +11,7 @@ surfaces as an error on the ranks still waiting, never as a hang.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,13 +22,25 @@ import torch.distributed as dist
 STORE_PREFIX = "baton-weight-sync"
 
 
-def open_sync_store(host: str, timeout_s: float) -> tuple[dist.TCPStore, int]:
-    """Host the rendezvous store on `host` (this node's reachable address); returns it and its port.
+def open_sync_store(host: str, timeout_s: float, world_size: int | None = None) -> tuple[dist.TCPStore, int]:
+    """Host a rendezvous store listening on `host` only (this node's address); returns it and its port.
 
-    Port 0 lets the OS pick a free port while binding, so no other process can take it in between.
+    torch's TCPStore binds every interface when it opens its own socket, so the socket is made
+    here, bound to `host` on a port the OS picks (no other process can take it in between),
+    and handed over as `master_listen_fd`.
     """
-    store = dist.TCPStore(host, 0, is_master=True, timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
-    return store, store.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+    except OSError:
+        sock.close()
+        raise
+    store = dist.TCPStore(host, port, world_size, is_master=True, timeout=timedelta(seconds=timeout_s),
+                          wait_for_workers=False, master_listen_fd=sock.detach())
+    return store, port
 
 
 def connect_sync_store(host: str, port: int, timeout_s: float) -> dist.TCPStore:

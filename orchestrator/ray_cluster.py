@@ -26,6 +26,7 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, ob
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     os.environ.pop("RAY_ADDRESS", None)
+    _keep_on_loopback()
     ray.init(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
@@ -34,3 +35,15 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, ob
         runtime_env=runtime_env,
         log_to_driver=True,
     )
+
+
+def _keep_on_loopback() -> None:
+    """What RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does, also when ray was imported before the variable was set.
+
+    Ray reads the variable once, at import, into `ray_constants.ENABLE_RAY_CLUSTER`; with it off, a local
+    cluster's node address is 127.0.0.1 and every socket bound to the node address (Ray's and Baton's)
+    stays on loopback. Without it Ray picks the machine's outward address.
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False

@@ -6,7 +6,6 @@ that is colocation. The driver addresses each role through its own WorkerGroup.
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 from datetime import timedelta
 from typing import Any
@@ -14,13 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from hybrid_engine import open_sync_store
 from workers.runtime.worker import WorkerContext
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class WorkerHost:
@@ -28,12 +22,16 @@ class WorkerHost:
 
     def __init__(self, rank: int, world_size: int, local_rank: int, use_gpu: bool, env: dict[str, str]):
         os.environ.update(env)
+        os.environ.update(bind_to_interface_env(ray_node_ip()))  # before any gloo/NCCL group exists
         self.rank, self.world_size, self.local_rank, self.use_gpu = rank, world_size, local_rank, use_gpu
         self.roles: dict[str, Any] = {}
+        self._store: dist.TCPStore | None = None
 
     def address(self) -> tuple[str, int]:
-        """Where rank 0 listens for the rendezvous (called on rank 0 only)."""
-        return ray_node_ip(), _free_port()
+        """Open the rendezvous store on this node's Ray address (rank 0 only); where the others find it."""
+        host = ray_node_ip()
+        self._store, port = open_sync_store(host, timeout_s=600.0, world_size=self.world_size)
+        return host, port
 
     def pid(self) -> int:
         return os.getpid()
@@ -50,12 +48,11 @@ class WorkerHost:
         if self.use_gpu:
             torch.cuda.set_device(0)  # Ray exposes exactly the bundle's GPU as device 0
         if not dist.is_initialized():
-            dist.init_process_group(
-                backend=backend,
-                rank=self.rank,
-                world_size=self.world_size,
-                timeout=timedelta(seconds=timeout_s),
-            )
+            timeout = timedelta(seconds=timeout_s)
+            if self._store is None:
+                self._store = dist.TCPStore(master_addr, master_port, self.world_size, is_master=False, timeout=timeout)
+            dist.init_process_group(backend=backend, store=self._store, rank=self.rank, world_size=self.world_size,
+                                    timeout=timeout)
 
     def context(self, role: str) -> WorkerContext:
         device = torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")
@@ -80,3 +77,18 @@ def ray_node_ip() -> str:
     import ray
 
     return ray.util.get_node_ip_address()
+
+
+def bind_to_interface_env(ip: str) -> dict[str, str]:
+    """GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME naming the interface that holds `ip`, where one does.
+
+    Gloo otherwise binds the address the machine's hostname resolves to, and NCCL picks its own
+    interface; pinning both to the interface of the address Ray uses keeps every collective on
+    it (127.0.0.1 -> lo on a local cluster). A value set by the user is kept.
+    """
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == ip for a in addrs):
+            return {k: os.environ.get(k, name) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
+    return {}
