@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from orchestrator.config.errors import ConfigError
-from orchestrator.entry import load_tokenizer, start_ray
+from orchestrator.config.model_files import check_model_dir, hf_config
+from orchestrator.entry import start_ray, tokenizer_for
 from orchestrator.trainer.data import PromptStream
 from orchestrator.trainer.pair_data import load_pairs, pair_batch, split_held_out, tokenize_pairs
 from workers.engines.fsdp2.checkpoint import OPTIMIZER_FILE, SCHEDULER_FILE
@@ -33,21 +34,18 @@ def pairwise_accuracy(group: WorkerGroup, pairs: list[dict[str, Any]], pad_token
 
 
 def _check_base(path: str) -> None:
-    if not (Path(path) / "config.json").is_file():
-        raise ConfigError("rm.base_model_path", f"'{path}' is not a HF checkpoint directory (no config.json); "
-                          "run `baton sft` first or point it at one")
+    check_model_dir("rm.base_model_path", path, "run `baton sft` first or point it at one", need_tokenizer=True)
 
 
 def _max_positions(path: str) -> int | None:
-    conf = json.loads((Path(path) / "config.json").read_text())
-    return conf.get("text_config", conf).get("max_position_embeddings")
+    return hf_config("rm.base_model_path", path).get("max_position_embeddings")
 
 
 def train_reward_model(cfg: DictConfig) -> dict[str, Any]:
     """Train on rm.train_files (or generated task pairs); returns what rm_eval.json holds."""
     base = cfg.rm.base_model_path
     _check_base(base)
-    tok = load_tokenizer(base)
+    tok = tokenizer_for("rm.base_model_path", base)
     pairs = tokenize_pairs(load_pairs(cfg), tok, _max_positions(base))
     train, val = split_held_out(pairs, cfg.rm.val_pairs, cfg.trainer.seed)
     if len(train) < cfg.rm.batch_size:

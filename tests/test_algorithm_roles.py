@@ -3,6 +3,7 @@ that a config asking for a role without its model fails before Ray starts, namin
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_missing_role_model_paths_fail_before_any_actor_starts(tmp_path):
         with pytest.raises(ConfigError, match=message):  # train() checks files before it starts Ray
             train(validate_config(compose_config([*overrides, *base]), check_files=False))
     other = tmp_path / "other-vocab"
-    other.mkdir()
+    shutil.copytree(model, other)
     conf = json.loads((model / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**conf, "vocab_size": conf["vocab_size"] + 1}))
     with pytest.raises(ConfigError, match=r"reward.reward_model.path: .* vocab_size=.* but the policy"):

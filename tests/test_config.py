@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from e2e_helpers import tiny_model
 from orchestrator.config import ConfigError, compose_config, validate_config
 from orchestrator.config.validate import check_model_paths
 
@@ -61,8 +62,8 @@ def test_missing_model_dir_is_named(tmp_path):
 
 
 def test_missing_data_file_is_named(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    cfg = compose_config([f"model.path={tmp_path}", "data.train_files=[/no/such.parquet]"])
+    model = tiny_model(tmp_path / "model")
+    cfg = compose_config([f"model.path={model}", "data.train_files=[/no/such.parquet]"])
     with pytest.raises(ConfigError, match=r"data.train_files\[0\]: file '/no/such.parquet' does not exist"):
         check_model_paths(cfg)
 

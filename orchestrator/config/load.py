@@ -1,6 +1,7 @@
 """Compose a config from `configs/` with Hydra and turn Hydra/OmegaConf failures into one-line errors."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from orchestrator.config import schema as schema_module
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.schema import BatonConfig
 
@@ -56,6 +58,25 @@ def _explain(err: BaseException) -> ConfigError:
     return ConfigError("<overrides>", text)
 
 
+def _unknown_key(node: DictConfig, schema: type, prefix: str = "") -> str | None:
+    """The first key of `node` that the dataclass `schema` does not declare (free-form dict fields excepted).
+
+    Hydra's `+key=value` adds keys even to a structured config, so composition alone lets a
+    typo through; this walk is what makes `+trainer.any_typo=1` an error.
+    """
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if key not in fields:
+            return f"{prefix}{key}"
+        sub = fields[key].type
+        sub = sub if isinstance(sub, type) else getattr(schema_module, str(sub), None)
+        if dataclasses.is_dataclass(sub) and isinstance(node[key], DictConfig):
+            found = _unknown_key(node[key], sub, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """The composed, schema-checked config (values still unresolved: interpolations stay live)."""
     GlobalHydra.instance().clear()
@@ -66,6 +87,10 @@ def compose_config(overrides: list[str]) -> DictConfig:
         raise _explain(err) from None
     finally:
         GlobalHydra.instance().clear()
+    unknown = _unknown_key(cfg, BatonConfig)
+    if unknown:
+        raise ConfigError(unknown, "unknown key (not in the schema, orchestrator/config/schema.py; a `+key=value` "
+                                   "override adds keys only under free-form dicts such as reward.rule_kwargs)")
     try:
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:

@@ -4,12 +4,14 @@ All run on the driver before Ray starts, and each failure names the full key pat
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Iterable
 
 from omegaconf import DictConfig
 
 from orchestrator.config.errors import ConfigError
+from orchestrator.config.model_files import check_model_dir, hf_config
 
 Check = Callable[[DictConfig], None]
 CHECKS: list[Check] = []
@@ -82,6 +84,32 @@ def _choices(cfg: DictConfig) -> None:
 
 
 @check
+def _guards_and_recovery(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    _one_of("trainer.on_nonfinite", t.on_nonfinite, ["stop", "skip"])
+    _positive(cfg, "trainer.max_skipped_steps", "trainer.max_update_shift")
+    for key, value in (("trainer.max_restarts", t.max_restarts), ("trainer.collapse.steps", t.collapse.steps),
+                       ("trainer.collapse.entropy", t.collapse.entropy), ("trainer.collapse.reward", t.collapse.reward)):
+        if value < 0:
+            raise ConfigError(key, f"must be >= 0, got {value}")
+
+
+@check
+def _learning_rates(cfg: DictConfig) -> None:
+    """lr <= 0 trains nothing (or climbs the loss); inf/nan poisons the weights at the first step."""
+    for key in ("actor.optim", "critic.optim", "sft.optim", "rm.optim"):
+        optim = cfg[key.split(".")[0]].optim
+        if not math.isfinite(optim.lr) or optim.lr <= 0:
+            raise ConfigError(f"{key}.lr", f"must be a finite number > 0, got {optim.lr}")
+        if not all(0 <= b < 1 for b in optim.betas) or len(optim.betas) != 2:
+            raise ConfigError(f"{key}.betas", f"must be two numbers in [0, 1), got {list(optim.betas)}")
+        if optim.eps <= 0 or optim.weight_decay < 0 or optim.grad_clip <= 0:
+            bad = "eps" if optim.eps <= 0 else "weight_decay" if optim.weight_decay < 0 else "grad_clip"
+            raise ConfigError(f"{key}.{bad}", f"must be {'>= 0' if bad == 'weight_decay' else '> 0'}, "
+                              f"got {optim[bad]}")
+
+
+@check
 def _placement(cfg: DictConfig) -> None:
     c = cfg.cluster
     if c.placement == "split" and c.rollout_devices_per_node < 1:
@@ -93,8 +121,12 @@ def _placement(cfg: DictConfig) -> None:
 @check
 def _sampling_ranges(cfg: DictConfig) -> None:
     r = cfg.rollout
-    if r.temperature < 0:
-        raise ConfigError("rollout.temperature", f"must be >= 0, got {r.temperature}")
+    if r.temperature <= 0:
+        raise ConfigError("rollout.temperature", f"must be > 0 for training rollouts, got {r.temperature}: greedy "
+                          "samples of a prompt are all the same, so there is nothing to compare and nothing is "
+                          "learned (rollout.val_temperature=0 keeps validation greedy)")
+    if r.val_temperature < 0:
+        raise ConfigError("rollout.val_temperature", f"must be >= 0, got {r.val_temperature}")
     if not 0 < r.top_p <= 1:
         raise ConfigError("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     if r.top_k == 0 or r.top_k < -1:
@@ -159,29 +191,22 @@ def _rm_sizes(cfg: DictConfig) -> None:
                           f"size {world} (cluster.nnodes x cluster.devices_per_node)")
 
 
-def _model_dir_ok(key: str, path: str | None, hint: str) -> None:
-    if not path:
-        raise ConfigError(key, f"no model path is set; {hint}")
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise ConfigError(key, f"'{path}' is not a HF checkpoint directory (no config.json); {hint}")
-
-
 def check_model_paths(cfg: DictConfig) -> None:
     """Files on disk: run by `baton train` once the warm start exists, not by `--cfg job`."""
     hint = "run `baton sft` first or point it at a HF checkpoint directory"
-    _model_dir_ok("model.path", cfg.model.path, hint)
+    check_model_dir("model.path", cfg.model.path, hint, need_tokenizer=True)
     if cfg.critic.model_path and _needs_critic(cfg):
-        _model_dir_ok("critic.model_path", cfg.critic.model_path, hint)
+        check_model_dir("critic.model_path", cfg.critic.model_path, hint, need_tokenizer=False)
         _same_vocab("critic.model_path", cfg.critic.model_path, cfg.model.path)
     if cfg.reward.reward_model.enable:
-        _model_dir_ok("reward.reward_model.path", cfg.reward.reward_model.path, "train one with `baton rm`")
+        check_model_dir("reward.reward_model.path", cfg.reward.reward_model.path, "train one with `baton rm`",
+                        need_tokenizer=False)
         _same_vocab("reward.reward_model.path", cfg.reward.reward_model.path, cfg.model.path)
     for key in ("data.train_files", "data.val_files"):
         for i, f in enumerate(cfg.data[key.split(".")[1]]):
             if not Path(f).is_file():
                 raise ConfigError(f"{key}[{i}]", f"file '{f}' does not exist")
-    max_pos = _max_positions(cfg.model.path)
+    max_pos = hf_config("model.path", cfg.model.path).get("max_position_embeddings")
     total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
     if max_pos is not None and total > max_pos:
         raise ConfigError("rollout.max_new_tokens", f"data.max_prompt_length + rollout.max_new_tokens = {total} "
@@ -196,24 +221,10 @@ def _needs_critic(cfg: DictConfig) -> bool:
 
 def _same_vocab(key: str, path: str, policy_path: str) -> None:
     """Critic and reward model read the policy's token ids, so they must share its vocabulary."""
-    mine, policy = _hf_config(path).get("vocab_size"), _hf_config(policy_path).get("vocab_size")
+    mine, policy = hf_config(key, path).get("vocab_size"), hf_config("model.path", policy_path).get("vocab_size")
     if mine != policy:
         raise ConfigError(key, f"'{path}' has vocab_size={mine} but the policy model.path has {policy}; "
                           "it must share the policy's tokenizer")
-
-
-def _hf_config(path: str) -> dict:
-    import json
-
-    conf = json.loads((Path(path) / "config.json").read_text())
-    return conf.get("text_config", conf)
-
-
-def _max_positions(path: str) -> int | None:
-    import json
-
-    conf = json.loads((Path(path) / "config.json").read_text())
-    return conf.get("max_position_embeddings")
 
 
 def validate_config(cfg: DictConfig, *, check_files: bool) -> DictConfig:

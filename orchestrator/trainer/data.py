@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
 import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from orchestrator.config.errors import ConfigError
 from orchestrator.tasks.dataset import load_prompt_dataset
 from orchestrator.tasks.registry import get_task
 from workers.batch import Batch
@@ -28,10 +30,40 @@ def task_files(cfg: DictConfig) -> tuple[list[str], list[str]]:
 
 
 def load_rows(files: list[str], cfg: DictConfig, tokenizer: PreTrainedTokenizerBase,
-              extra_keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    return load_prompt_dataset(files, cfg.data.prompt_key, cfg.data.answer_key, extra_keys=extra_keys,
-                               tokenizer=tokenizer, max_prompt_len=cfg.data.max_prompt_length,
-                               on_overlong=cfg.data.on_overlong)
+              extra_keys: tuple[str, ...] = (), *, key: str = "data.train_files") -> list[dict[str, Any]]:
+    """Rows of every file; a file that cannot be used fails as a ConfigError naming `key[i]`, file and row."""
+    rows: list[dict[str, Any]] = []
+    for i, file in enumerate(files):
+        try:
+            loaded = load_prompt_dataset([file], cfg.data.prompt_key, cfg.data.answer_key, extra_keys=extra_keys,
+                                         tokenizer=tokenizer, max_prompt_len=cfg.data.max_prompt_length,
+                                         on_overlong=cfg.data.on_overlong)
+        except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as err:
+            raise ConfigError(f"{key}[{i}]", _reason(err, file)) from None
+        if not loaded:
+            raise ConfigError(f"{key}[{i}]", f"'{file}' has no usable rows (empty, or every prompt was dropped "
+                                            "by data.on_overlong=drop)")
+        rows.extend(loaded)
+    return rows
+
+
+def _reason(err: BaseException, file: str) -> str:
+    text = str(err.args[0] if isinstance(err, KeyError) and err.args else err).splitlines()[0]
+    if isinstance(err, pa.ArrowException):
+        return f"'{file}' is not a readable parquet file ({text})"
+    return text
+
+
+def load_train_val_rows(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[list[dict], list[dict]]:
+    """Both splits, checked before any worker starts: readable, representable, enough rows for one step."""
+    train_files, val_files = task_files(cfg)
+    val_key = "data.val_files" if cfg.data.val_files else "data.train_files"
+    train = load_rows(train_files, cfg, tokenizer)
+    val = load_rows(val_files, cfg, tokenizer, key=val_key)
+    if len(train) < cfg.data.train_batch_size:
+        raise ConfigError("data.train_batch_size", f"{cfg.data.train_batch_size} prompts per step, but "
+                          f"data.train_files hold only {len(train)} usable prompts")
+    return train, val
 
 
 def prompts_to_batch(rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, uid_prefix: str) -> Batch:
