@@ -6,6 +6,7 @@ import sys
 from omegaconf import OmegaConf
 
 from orchestrator.config import ConfigError, compose_config, list_groups, validate_config
+from orchestrator.run_errors import RunEnded
 
 USAGE = """usage: baton <command> [options] [key=value ...]
 
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"baton: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RunEnded as err:
+        print(f"baton: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

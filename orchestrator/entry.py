@@ -13,13 +13,20 @@ from tqdm import tqdm
 
 from orchestrator import warm_start
 from orchestrator.assets.tiny_model import build_tiny_model
+from orchestrator.config.errors import ConfigError
 from orchestrator.config.validate import check_model_paths
 from orchestrator.ray_cluster import init_ray
 from orchestrator.tasks.registry import get_task
-from orchestrator.tracking import OutputPaths, PeakMemory, RunSummary, Tracker, plot_curves, process_peak_rss_bytes
-from orchestrator.trainer.data import PromptStream, load_rows, task_files
+from orchestrator.tracking import (OutputPaths, PeakMemory, RunHealth, RunSummary, Tracker, plot_curves,
+                                   process_peak_rss_bytes)
+from orchestrator.tokenizer import TokenizerError, load_tokenizer
+from orchestrator.trainer.checkpointing import checkpoint_step
+from orchestrator.trainer.data import PromptStream, load_rows, load_train_val_rows, task_files
 from orchestrator.trainer.loop import RLTrainer
+from orchestrator.run_errors import RunFailed, TrainingStopped
+from orchestrator.trainer.recovery import run_with_recovery
 from orchestrator.trainer.roles import build_roles
+from orchestrator.trainer.run_dir import claim_run_dir
 from orchestrator.trainer.sft_data import sft_batch
 from workers.runtime import ResourcePool, spawn_colocated
 
@@ -34,43 +41,80 @@ def start_ray(cfg: DictConfig) -> None:
              env_vars={"TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+def tokenizer_for(key: str, path: str):
+    """The tokenizer saved with the model at `path` (config key `key` names it in errors)."""
+    try:
+        return load_tokenizer(path)
+    except TokenizerError as err:
+        raise ConfigError(key, str(err)) from None
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+def ensure_model_for_train(cfg: DictConfig) -> None:
+    """`baton train` on a fresh clone: the default warm-start path is filled from the shipped copy, as
+    `make run` would, instead of failing with "run `baton sft` first"."""
+    path = Path(cfg.model.path)
+    if not path.exists() and path == warm_start.default_path(cfg) and warm_start.install_shipped(cfg):
+        print(f"warm start: shipped {warm_start.shipped_path(cfg)} -> {cfg.model.path}")
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
+    """Every input checked, then Ray, then RL with automatic recovery. `classes` swaps role classes (tests)."""
+    ensure_model_for_train(cfg)
     check_model_paths(cfg)  # files on disk: still before any actor starts
-    tok = load_tokenizer(cfg.model.path)
-    train_files, val_files = task_files(cfg)
-    train_rows, val_rows = load_rows(train_files, cfg, tok), load_rows(val_files, cfg, tok)
-    out = Path(cfg.trainer.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    tok = tokenizer_for("model.path", cfg.model.path)
+    train_rows, val_rows = load_train_val_rows(cfg, tok)
+    out = claim_run_dir(cfg)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     start_ray(cfg)
-    roles = build_roles(cfg, tok.pad_token_id)
     tracker = Tracker(out, list(cfg.trainer.loggers), cfg.trainer.experiment_name)
+    state: dict = {"trainer": None, "workers": {}}
+
+    def attempt(resume: bool) -> dict:
+        state["trainer"] = None
+        roles = build_roles(cfg, tok.pad_token_id, classes=classes)
+        try:
+            trainer = state["trainer"] = RLTrainer(cfg, tok, roles, train_rows, val_rows, tracker)
+            result = trainer.fit(resume=resume)
+            # colocated roles share a process: one figure per host process (split: the rollout pool's too)
+            state["workers"] = {f"worker[{r}]": b for r, b in enumerate(roles.actor.peak_memory_bytes())}
+            if roles.rollout is not roles.actor:
+                state["workers"].update({f"rollout[{r}]": b for r, b in enumerate(roles.rollout.peak_memory_bytes())})
+            return result
+        finally:
+            roles.shutdown()
+
+    def progress() -> tuple[int, int]:
+        trainer = state["trainer"]
+        latest = checkpoint_step(Path(cfg.trainer.output_dir) / "checkpoints")
+        return (trainer.step if trainer is not None else 0), latest
+
+    started = time.monotonic()
     try:
-        result = RLTrainer(cfg, tok, roles, train_rows, val_rows, tracker).fit()
-        # colocated roles share a process: one figure per host process (split: the rollout pool's too)
-        workers = {f"worker[{r}]": b for r, b in enumerate(roles.actor.peak_memory_bytes())}
-        if roles.rollout is not roles.actor:
-            workers.update({f"rollout[{r}]": b for r, b in enumerate(roles.rollout.peak_memory_bytes())})
+        result, recovery = run_with_recovery(attempt, resume=cfg.trainer.resume, max_restarts=cfg.trainer.max_restarts,
+                                             progress_of=progress)
+    except (TrainingStopped, RunFailed) as err:
+        tracker.close()
+        trainer = state["trainer"]
+        health = RunHealth(status="stopped" if isinstance(err, TrainingStopped) else "failed", message=str(err),
+                           skipped_steps=trainer.guard.skipped_total if trainer else 0)
+        _summarise(cfg, out, time.monotonic() - started, health, state["workers"])
+        raise
     finally:
         tracker.close()
-        roles.shutdown()
-    return _summarise(cfg, out, result, workers)
+    health = RunHealth(restarts=recovery.restarts, lost_steps=recovery.lost_steps,
+                       skipped_steps=result["skipped_steps"])
+    return _summarise(cfg, out, time.monotonic() - started, health, state["workers"])
 
 
-def _summarise(cfg: DictConfig, out: Path, result: dict, worker_bytes: dict[str, int]) -> dict:
+def _summarise(cfg: DictConfig, out: Path, wall_time_s: float, health: RunHealth,
+               worker_bytes: dict[str, int]) -> dict:
     plot = plot_curves(out / "metrics.jsonl", out / "curves.png", ["reward/mean", "val/accuracy", "train/accuracy"])
     summary = RunSummary.from_metrics_jsonl(
         out / "metrics.jsonl", experiment_name=cfg.trainer.experiment_name, steps=cfg.trainer.total_steps,
-        wall_time_s=result["wall_time_s"], accuracy_key="val/accuracy", reward_key="reward/mean",
+        wall_time_s=wall_time_s, accuracy_key="val/accuracy", reward_key="reward/mean",
         peak_memory=PeakMemory(driver_bytes=process_peak_rss_bytes(), worker_bytes=worker_bytes),
         paths=OutputPaths(checkpoints=out / "checkpoints", metrics_jsonl=out / "metrics.jsonl",
-                          tensorboard=out / "tensorboard", plot=plot))
+                          tensorboard=out / "tensorboard", plot=plot), health=health)
     summary.write_json(out / "summary.json")
     print(summary.render_table())
     return summary.to_dict()
@@ -89,7 +133,7 @@ def sft(cfg: DictConfig) -> Path:
                                     intermediate_size=t.intermediate_size,
                                     max_position_embeddings=t.max_position_embeddings, seed=cfg.trainer.seed,
                                     tie_word_embeddings=t.tie_word_embeddings))
-    tok = load_tokenizer(base)
+    tok = tokenizer_for("sft.base_model_path", base)
     train_files, _ = task_files(cfg)
     rows = load_rows(train_files, cfg, tok, extra_keys=(task.solution_key,))
     start_ray(cfg)

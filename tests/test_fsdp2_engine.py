@@ -317,3 +317,34 @@ def test_sft_loss_contributions_sum_to_token_mean():
     norm = LossNorm(global_tokens=float(mask.sum()), global_seqs=float(len(batch)), dp_size=1)
     parts = [sft_loss({"log_probs": log_probs[i : i + 3]}, mb, norm)[0] for i, mb in zip(range(0, 8, 3), batch.split_by_size(3))]
     assert float(sum(parts)) == pytest.approx(float(-(log_probs * mask).sum() / mask.sum()))
+
+
+def test_resumed_optimizer_takes_the_configured_hyperparameters():
+    """A checkpoint's saved lr must not silently override a new optim.lr; an unchanged config changes nothing."""
+    from workers.engines.fsdp2.optim import apply_hyperparameters, build_lr_scheduler, build_optimizer
+
+    spec = optim_spec(warmup_steps=2, total_steps=10)
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = build_optimizer([param], spec)
+    sched = build_lr_scheduler(opt, spec)
+    for _ in range(3):
+        param.grad = torch.ones(3)
+        opt.step()
+        sched.step()
+    saved_opt, saved_sched, lr_before = opt.state_dict(), sched.state_dict(), opt.param_groups[0]["lr"]
+
+    def restored(with_spec):
+        p = torch.nn.Parameter(torch.ones(3))
+        o = build_optimizer([p], with_spec)
+        s = build_lr_scheduler(o, with_spec)
+        o.load_state_dict(saved_opt)
+        s.load_state_dict(saved_sched)
+        apply_hyperparameters(o, s, with_spec)
+        return o, s
+
+    same, same_sched = restored(spec)
+    assert same.param_groups[0]["lr"] == lr_before and same_sched.base_lrs == [spec.lr]
+    changed, changed_sched = restored(optim_spec(warmup_steps=2, total_steps=10, lr=1e30, betas=(0.5, 0.6)))
+    assert changed.param_groups[0]["lr"] == 1e30 and changed.param_groups[0]["betas"] == (0.5, 0.6)
+    changed_sched.step()
+    assert changed.param_groups[0]["lr"] == 1e30  # the schedule goes on from the new base

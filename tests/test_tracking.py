@@ -178,8 +178,10 @@ def test_summary_json_keys_and_values(tmp_path: Path) -> None:
         "accuracy_change_points", "reward_key", "reward_start", "reward_end", "reward_start_step",
         "reward_end_step", "reward_change", "phase_mean_s", "peak_memory_driver_gib",
         "peak_memory_workers_gib", "peak_memory_total_gib", "peak_memory_by_worker_gib", "paths",
+        "status", "status_message", "restarts", "lost_steps", "skipped_steps",
     }  # fmt: skip
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
+    assert (data["status"], data["restarts"], data["lost_steps"], data["skipped_steps"]) == ("completed", 0, 0, 0)
     assert (data["accuracy_start"], data["accuracy_end"]) == (0.2, 0.5)
     assert (data["accuracy_start_step"], data["accuracy_end_step"]) == (0, 3)
     assert data["accuracy_change_points"] == pytest.approx(30.0)
@@ -254,3 +256,26 @@ def test_memory_helpers_report_plausible_sizes() -> None:
     assert 10 * 1024**2 < now <= peak * 1.05  # a Python process with torch is tens of MiB at least
     with pytest.raises(ValueError):
         PeakMemory(driver_bytes=-1, worker_bytes={})
+
+
+def test_rewind_forgets_steps_after_the_checkpoint_and_restores_its_record(tmp_path: Path) -> None:
+    """A resumed run redoes steps k+1..: their old records go, so each step is logged once."""
+    tracker = Tracker(tmp_path, ["jsonl", "tensorboard"], "rewind")
+    tracker.log(0, {"val/accuracy": 0.2})
+    for step in (1, 2, 4, 5):  # the killed attempt never logged step 3 (it died between saving and logging)
+        tracker.log(step, {"timing_s/step": 1.0, "reward/mean": float(step)})
+    dropped = tracker.rewind(3, restore={"timing_s/step": 1.0, "reward/mean": 3.0, "checkpoint/step": 3.0})
+    assert dropped == 2 and tracker.has_record(3) and not tracker.has_record(4)
+    tracker.log(4, {"timing_s/step": 1.0, "reward/mean": 40.0})
+    tracker.close()
+    records = read_metrics_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[3]["checkpoint/step"] == 3.0 and records[4]["reward/mean"] == 40.0
+
+
+def test_rewind_keeps_a_logged_checkpoint_record_as_it_was(tmp_path: Path) -> None:
+    tracker = Tracker(tmp_path, ["jsonl"], "rewind")
+    tracker.log(3, {"timing_s/step": 2.5, "timing_s/save": 0.5})
+    tracker.rewind(3, restore={"timing_s/step": 9.9})
+    tracker.close()
+    assert [r["timing_s/step"] for r in read_metrics_jsonl(tmp_path / "metrics.jsonl")] == [2.5]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from e2e_helpers import fast_overrides, tiny_model
@@ -37,6 +38,9 @@ def test_grpo_runs_three_steps_and_writes_what_a_person_reads(grpo_run):
         # the rollout engine generated with exactly the weights the trainer holds
         assert r["sync/logprob_max_abs_diff"] < 1e-4
         assert r["actor/grad_norm"] >= 0 and r["timing_s/update_actor"] > 0
+        # rollout statistics describe the whole batch (4 prompts x 2 samples), not rank 0's half of it
+        assert r["rollout/num_sequences"] == 8
+        assert r["rollout/tokens_generated"] == pytest.approx(8 * r["response_length/mean"])
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["steps"] == 3 and on_disk["accuracy_key"] == "val/accuracy"
     assert summary["steps"] == 3
@@ -50,6 +54,10 @@ def test_policy_weights_change_and_checkpoints_are_atomic(grpo_run):
     assert (ckpts / "latest").read_text().strip() == "step_3"
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_2", "step_3"]
     assert not list(ckpts.glob("*.tmp"))
+    # an HF directory like save_pretrained writes: a tied head stored once, the tokenizer that wrote it beside it
+    actor = ckpts / "step_3" / "actor"
+    assert "lm_head.weight" not in load_file(actor / "model.safetensors")
+    assert (actor / "tokenizer.json").read_text() == (model / "tokenizer.json").read_text()
     before = AutoModelForCausalLM.from_pretrained(model)
     after = AutoModelForCausalLM.from_pretrained(ckpts / "step_3" / "actor")
     diffs = [(a - b).abs().max().item() for a, b in zip(after.state_dict().values(), before.state_dict().values())]
@@ -62,9 +70,9 @@ def test_mid_run_checkpoint_loads_into_rollout_engine_and_hf(grpo_run, tmp_path)
     hf = AutoModelForCausalLM.from_pretrained(ckpt).eval()
     engine = BuiltinRolloutEngine.from_pretrained(ckpt, dtype="float32", device="cpu", max_batch_size=8,
                                                   max_seq_len=32, pad_token_id=0)
-    from transformers import AutoTokenizer
+    from orchestrator.tokenizer import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = load_tokenizer(model)
     prompts = prompts_to_batch([{"prompt": "12+7=", "ground_truth": "19", "row": 0},
                                 {"prompt": "3-45=", "ground_truth": "-42", "row": 1}], tok, "t")
     out = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=6,

@@ -9,6 +9,13 @@ from omegaconf import MISSING
 
 
 @dataclass
+class CollapseConfig:
+    steps: int = MISSING  # stop after this many steps in a row with entropy and reward both ~0 (0: off)
+    entropy: float = MISSING  # mean token entropy (nats) below which the policy counts as deterministic
+    reward: float = MISSING  # |mean reward| at most this counts as earning nothing
+
+
+@dataclass
 class TrainerConfig:
     experiment_name: str = MISSING  # names the run's output directory
     output_dir: str = MISSING  # where checkpoints, metrics.jsonl, tensorboard, plots and summary.json go
@@ -22,6 +29,12 @@ class TrainerConfig:
     loggers: list[str] = MISSING  # jsonl, tensorboard, console
     progress_bar: bool = MISSING
     torch_threads: int = MISSING  # torch threads in the driver process (workers: 1 per CPU slot)
+    on_nonfinite: str = MISSING  # stop | skip (drop such updates; stop after max_skipped_steps in a row)
+    max_skipped_steps: int = MISSING
+    max_update_shift: float = MISSING  # mean |change of log-prob| per token from one step's update (checked before
+    # each checkpoint) above which the model counts as diverged
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
+    max_restarts: int = MISSING  # a dead worker or timed-out call: rebuild and resume this many times
 
 
 @dataclass

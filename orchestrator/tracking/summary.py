@@ -31,6 +31,11 @@ missing figures are null):
 | paths.metrics_jsonl       | str \| null   | per-step metrics log (one JSON object per line)                  |
 | paths.tensorboard         | str \| null   | TensorBoard log directory                                        |
 | paths.plot                | str \| null   | PNG of the training curves                                       |
+| status                    | str           | completed \| stopped (divergence guards) \| failed (restarts spent) |
+| status_message            | str \| null   | why it stopped or failed                                         |
+| restarts                  | int           | automatic recoveries from a dead worker or timed-out call        |
+| lost_steps                | int           | steps redone after those recoveries (run after the last checkpoint) |
+| skipped_steps             | int           | steps whose update was dropped for non-finite values             |
 
 "Start" and "end" are the first and last non-null values in the metrics log in
 file order, so a resumed run that appended to the same log compares against
@@ -51,7 +56,7 @@ from orchestrator.tracking.memory import PeakMemory, bytes_to_gib
 from orchestrator.tracking.timer import TIMING_PREFIX
 from orchestrator.tracking.tracker import read_metrics_jsonl
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Float noise such as 30.000000000000004 is cut at this many decimals in derived changes.
 CHANGE_DECIMALS = 6
 
@@ -68,6 +73,17 @@ class OutputPaths:
     def to_dict(self) -> dict[str, str | None]:
         """Paths as strings for JSON."""
         return {name: (None if value is None else str(value)) for name, value in vars(self).items()}
+
+
+@dataclass(frozen=True)
+class RunHealth:
+    """How the run ended and what it survived (see the guards and recovery in orchestrator/trainer)."""
+
+    status: str = "completed"
+    message: str | None = None
+    restarts: int = 0
+    lost_steps: int = 0
+    skipped_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,7 @@ class RunSummary:
     phase_mean_s: Mapping[str, float]
     peak_memory: PeakMemory
     paths: OutputPaths
+    health: RunHealth = RunHealth()
 
     @classmethod
     def from_records(
@@ -130,6 +147,7 @@ class RunSummary:
         reward_key: str,
         peak_memory: PeakMemory,
         paths: OutputPaths,
+        health: RunHealth = RunHealth(),
     ) -> RunSummary:
         """Build from metrics records (as logged) plus the figures only the trainer knows."""
         return cls(
@@ -141,6 +159,7 @@ class RunSummary:
             phase_mean_s=phase_means(records),
             peak_memory=peak_memory,
             paths=paths,
+            health=health,
         )
 
     @classmethod
@@ -154,6 +173,7 @@ class RunSummary:
         reward_key: str,
         peak_memory: PeakMemory,
         paths: OutputPaths,
+        health: RunHealth = RunHealth(),
     ) -> RunSummary:
         """Build from the Tracker's `metrics.jsonl` (the usual path at the end of `fit`)."""
         return cls.from_records(
@@ -165,6 +185,7 @@ class RunSummary:
             reward_key=reward_key,
             peak_memory=peak_memory,
             paths=paths,
+            health=health,
         )
 
     @property
@@ -205,6 +226,11 @@ class RunSummary:
             "peak_memory_total_gib": bytes_to_gib(memory.total_bytes),
             "peak_memory_by_worker_gib": {name: bytes_to_gib(b) for name, b in memory.worker_bytes.items()},
             "paths": self.paths.to_dict(),
+            "status": self.health.status,
+            "status_message": self.health.message,
+            "restarts": self.health.restarts,
+            "lost_steps": self.health.lost_steps,
+            "skipped_steps": self.health.skipped_steps,
         }
 
     def write_json(self, path: Path) -> Path:
@@ -230,6 +256,9 @@ class RunSummary:
                     ("steps", str(self.steps)),
                     ("wall time", f"{_clock(self.wall_time_s)} ({self.wall_time_s:.1f} s)"),
                     ("seconds / step", _num(self.seconds_per_step, ".2f")),
+                    ("status", self.health.status),
+                    ("restarts (steps redone)", f"{self.health.restarts} ({self.health.lost_steps})"),
+                    ("skipped steps (non-finite)", str(self.health.skipped_steps)),
                 ],
             ),
             (

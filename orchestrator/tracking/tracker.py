@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import sys
 import time
 import warnings
@@ -92,11 +93,42 @@ class Tracker:
         if "jsonl" in self.backends:
             self._jsonl = self.metrics_path.open("a", encoding="utf-8")
         if "tensorboard" in self.backends:
-            # Imported here: it costs about a second and only this backend needs it.
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
+            self._open_tensorboard(purge_step=None)
             self._writer.add_text("experiment_name", experiment_name, global_step=0)
+
+    def _open_tensorboard(self, purge_step: int | None) -> None:
+        # Imported here: it costs about a second and only this backend needs it.
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=purge_step)
+
+    def has_record(self, step: int) -> bool:
+        """Whether the JSONL log already holds a record for `step` (False without the JSONL backend)."""
+        if self._jsonl is None or not self.metrics_path.is_file():
+            return False
+        self._jsonl.flush()
+        return any(int(r["step"]) == step for r in read_metrics_jsonl(self.metrics_path))
+
+    def rewind(self, step: int, restore: Mapping[str, Any] | None = None) -> int:
+        """Forget every record after `step` (a resumed or restarted run redoes those steps), so each step is
+        logged once; `restore` is the record of `step` itself, written back if the log lost it. Returns how
+        many records were dropped."""
+        dropped = 0
+        if self._jsonl is not None:
+            self._jsonl.close()
+            records = read_metrics_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
+            kept = [r for r in records if int(r["step"]) <= step]
+            if restore is not None and not any(int(r["step"]) == step and "timing_s/step" in r for r in kept):
+                kept.append({"step": int(step), "time": time.time(), **restore})
+            dropped = sum(1 for r in records if int(r["step"]) > step)
+            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.metrics_path)
+            self._jsonl = self.metrics_path.open("a", encoding="utf-8")
+        if self._writer is not None:
+            self._writer.close()
+            self._open_tensorboard(purge_step=step + 1)
+        return dropped
 
     @property
     def metrics_path(self) -> Path:

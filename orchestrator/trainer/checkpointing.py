@@ -1,7 +1,9 @@
 """Atomic step checkpoints: write into `step_N.tmp/`, rename to `step_N/`, then repoint `latest`.
 
 A crash at any moment leaves either the previous `latest` or the new one, never a half-written
-directory under that name; stale `.tmp` directories are removed at the next save.
+directory under that name; stale `.tmp` directories are removed at the next save. The trainer
+checkpoints only steps that passed its divergence guards, so `latest` is always the newest
+healthy checkpoint and pruning (which never touches the newest) never deletes it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     if not (target / "trainer_state.json").is_file():
         raise FileNotFoundError(f"checkpoint pointer {pointer} names {target}, which has no trainer_state.json")
     return target
+
+
+def checkpoint_step(root: Path) -> int:
+    """Step of the latest checkpoint under `root`, 0 when there is none."""
+    latest = latest_checkpoint(root)
+    return int(load_trainer_state(latest)["step"]) if latest is not None else 0
 
 
 def save_checkpoint(root: Path, step: int, write_workers: Callable[[Path], None], trainer_state: dict[str, Any],

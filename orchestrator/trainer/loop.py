@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
@@ -19,6 +20,8 @@ from orchestrator.kl_control import make_kl_controller
 from orchestrator.tracking import Tracker, TrainingProgress, phase_timer, throughput
 from orchestrator.trainer import checkpointing, stages
 from orchestrator.trainer.data import PromptStream, prompts_to_batch
+from orchestrator.run_errors import TrainingStopped
+from orchestrator.trainer.guards import HealthGuard
 from orchestrator.trainer.rewards import accuracy_scores, overlong_penalty, rule_scores
 from orchestrator.trainer.roles import Roles
 from orchestrator.trainer.sync_check import check_rollout_matches_trainer
@@ -45,6 +48,8 @@ class RLTrainer:
         self.estimator = get_advantage_estimator(cfg.algorithm.adv_estimator)
         self.kl_ctrl = make_kl_controller(cfg.algorithm.kl_ctrl.type, dict(cfg.algorithm.kl_ctrl))
         self.ckpt_root = Path(cfg.trainer.output_dir) / "checkpoints"
+        self.guard = HealthGuard(cfg.trainer)
+        self.last_batch: Batch | None = None
         self.step = 0
 
     # --- sampling parameters ------------------------------------------------------------
@@ -157,6 +162,7 @@ class RLTrainer:
         for phase in ("generate", "old_log_prob", "update_actor"):
             if f"timing_s/{phase}" in m:
                 throughput(m, phase, tokens)
+        self.last_batch = batch
         return m
 
     # --- validation, checkpoints, the loop ----------------------------------------------------
@@ -168,55 +174,100 @@ class RLTrainer:
         return {"val/accuracy": float(out["accuracy"].mean()), "val/reward": float(out["scores"].mean()),
                 "val/response_length": float(stages.response_lengths(out).mean())}
 
-    def save(self) -> Path:
+    def update_shift(self) -> float:
+        """Mean |log pi_new - log pi_old| per response token of a few rows of this step's batch.
+
+        The model about to be checkpointed, scored against the log-probs the step started from:
+        a healthy update moves them by a fraction of a nat; a diverged one (lr far too high) by
+        orders of magnitude or to NaN, which nothing in the step's own metrics shows yet.
+        """
+        probe = self.last_batch.slice(0, min(len(self.last_batch), 2 * self.actor.world_size))
+        new = self.actor.compute_log_prob(probe)["old_log_probs"]
+        mask = probe["response_mask"].bool()
+        shift = (new - probe["old_log_probs"]).abs()[mask]
+        return float(shift.mean()) if shift.numel() else 0.0
+
+    def save(self, record: dict[str, float]) -> Path:
+        """A checkpoint of this step; `record` (its metrics so far) lets a resume restore its log line."""
         state = {"step": self.step, "stream": self.stream.state(), "kl_coef": self.kl_ctrl.value,
-                 "config": OmegaConf.to_container(self.cfg)}
+                 "guard": self.guard.state(), "metrics_record": record, "config": OmegaConf.to_container(self.cfg)}
 
         def write_workers(tmp: Path) -> None:
             self.actor.save_checkpoint(str(tmp / "actor"))
+            self.tok.save_pretrained(str(tmp / "actor"))  # a checkpoint reloads with the tokenizer that wrote it
             if self.critic is not None:
                 self.critic.save_checkpoint(str(tmp / "critic"))
 
         return checkpointing.save_checkpoint(self.ckpt_root, self.step, write_workers, state,
                                              self.cfg.trainer.keep_checkpoints)
 
-    def resume(self) -> None:
-        ckpt = checkpointing.latest_checkpoint(self.ckpt_root) if self.cfg.trainer.resume else None
+    def resume(self) -> Path | None:
+        """Continue from the latest checkpoint: weights, optimizer, every RNG, the data position, the log."""
+        ckpt = checkpointing.latest_checkpoint(self.ckpt_root)
         if ckpt is None:
-            return
+            return None
         state = checkpointing.load_trainer_state(ckpt)
         self.actor.load_checkpoint(str(ckpt / "actor"))
         if self.critic is not None:
             self.critic.load_checkpoint(str(ckpt / "critic"))
         self.step, self.kl_ctrl.value = state["step"], state["kl_coef"]
         self.stream.restore(state["stream"])
+        self.guard.restore(state["guard"])
+        self.tracker.rewind(self.step, restore=state["metrics_record"])
         log.info("resumed from %s at step %d", ckpt, self.step)
+        return ckpt
 
-    def fit(self) -> dict[str, Any]:
+    def _stop(self, reason: str) -> TrainingStopped:
+        latest = checkpointing.latest_checkpoint(self.ckpt_root)
+        return TrainingStopped(self.step, reason, str(latest) if latest else None)
+
+    def fit(self, *, resume: bool) -> dict[str, Any]:
+        """Train to trainer.total_steps. `resume`: continue from the latest checkpoint if there is one."""
         cfg = self.cfg.trainer
-        self.resume()
+        resumed = self.resume() if resume else None
+        if resumed is None:
+            self.tracker.rewind(0)  # a restart from scratch redoes every step; the step-0 record stays
         self.roles.sync_weights()
         start = time.monotonic()
-        first_val = self.validate()
-        self.tracker.log(self.step, first_val)
+        if not self.tracker.has_record(self.step):  # the initial validation, once per run
+            self.tracker.log(self.step, self.validate())
         progress = TrainingProgress(cfg.total_steps, self.step, self.cfg.trainer.experiment_name, "reward/mean",
                                     "val/accuracy", disable=not cfg.progress_bar, mininterval_s=1.0)
-        last_val = first_val
         with progress:
             while self.step < cfg.total_steps:
                 self.step += 1
                 step_start = time.monotonic()
                 metrics = self.train_step()
+                verdict = self.guard.check(metrics)
+                if verdict.stop:
+                    metrics["guard/stopped"] = 1.0
+                    self.tracker.log(self.step, metrics)
+                    raise self._stop(verdict.stop)
                 final = self.step == cfg.total_steps
                 if final or (cfg.val_every and self.step % cfg.val_every == 0):
                     with phase_timer("validate", metrics):
-                        last_val = self.validate()
-                    metrics.update(last_val)
+                        metrics.update(self.validate())
                 if final or (cfg.save_every and self.step % cfg.save_every == 0):
-                    with phase_timer("save", metrics):
-                        metrics["checkpoint/step"] = float(self.step)
-                        self.save()
+                    self._checkpoint(metrics, verdict.healthy)
                 metrics["timing_s/step"] = time.monotonic() - step_start
                 self.tracker.log(self.step, metrics)
                 progress.update(self.step, metrics)
-        return {"first_val": first_val, "last_val": last_val, "wall_time_s": time.monotonic() - start}
+        return {"wall_time_s": time.monotonic() - start, "skipped_steps": self.guard.skipped_total}
+
+    def _checkpoint(self, metrics: dict[str, float], healthy: bool) -> None:
+        """Save this step, unless it is unhealthy: a non-finite or diverged model is never checkpointed."""
+        if not healthy:
+            metrics["checkpoint/deferred"] = 1.0
+            log.warning("step %d: not checkpointed (the guards flagged this step)", self.step)
+            return
+        with phase_timer("save", metrics):
+            shift = metrics["guard/update_shift"] = self.update_shift()
+            limit = self.cfg.trainer.max_update_shift
+            if not shift <= limit:  # NaN included
+                self.tracker.log(self.step, {**metrics, "guard/stopped": 1.0})
+                raise self._stop(f"the update moved the log-probs of this step's tokens by {shift:.3g} nats on "
+                                 f"average (> trainer.max_update_shift={limit}): the model diverged and was not "
+                                 "checkpointed")
+            record = {**metrics, "checkpoint/step": float(self.step)}
+            self.save(record)
+            metrics["checkpoint/step"] = float(self.step)

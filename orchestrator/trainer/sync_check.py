@@ -4,6 +4,8 @@ up here first; the run stops and names the parameter group that differs most.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from omegaconf import DictConfig
 
@@ -27,8 +29,8 @@ def check_rollout_matches_trainer(batch: Batch, cfg: DictConfig, step: int, metr
     max_diff, mean_diff = logprob_gap(batch)
     metrics["sync/logprob_max_abs_diff"], metrics["sync/logprob_mean_abs_diff"] = max_diff, mean_diff
     every = cfg.hybrid.verify_every
-    if not every or step % every or max_diff <= cfg.hybrid.verify_atol:
-        return
+    if not every or step % every or max_diff <= cfg.hybrid.verify_atol or not math.isfinite(max_diff):
+        return  # a NaN/inf gap is a diverged model, not a bad sync: the divergence guard stops that run
     groups = actor.weight_group_diffs()[0]
     worst = max(groups, key=groups.get) if groups else None
     where = f"; largest weight difference in '{worst}' ({groups[worst]:.3g})" if worst else ""

@@ -13,6 +13,7 @@ from workers.batch import Batch
 from workers.roles.mini_batches import mean_history, mini_batches
 from workers.roles.actor_loss import make_actor_loss
 from workers.roles.engine_specs import actor_optimizer_steps, optim_spec, role_engine
+from workers.roles.rng_state import load_rng_state, save_rng_state
 from workers.roles.rollout_worker import max_seq_len, rank_sampling
 from workers.rollout.base import RolloutEngine, SamplingParams
 from workers.rollout.factory import build_rollout
@@ -88,11 +89,13 @@ class ActorRolloutWorker(Worker):
     def save_checkpoint(self, directory: str) -> None:
         self.hybrid.train_mode()
         self.engine.save_checkpoint(directory)
+        save_rng_state(directory, self.rank, {"shuffle": self.shuffle_gen})
 
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, directory: str) -> None:
         self.hybrid.train_mode()
         self.engine.load_checkpoint(directory)
+        load_rng_state(directory, self.rank, {"shuffle": self.shuffle_gen})
 
     @register(Dispatch.ONE_TO_ALL)
     def weight_group_diffs(self) -> dict[str, float]:

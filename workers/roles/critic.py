@@ -14,11 +14,12 @@ from workers.engines import LossFn, LossNorm
 from workers.losses.aggregation import LossAgg
 from workers.losses.value import value_loss
 from workers.roles.engine_specs import optim_spec, role_engine
+from workers.roles.rng_state import load_rng_state, save_rng_state
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
 # engine metric -> logged name (the engine reports these for every optimizer step)
 _ENGINE_METRICS = {"loss": "critic/vf_loss", "grad_norm": "critic/grad_norm", "lr": "critic/lr",
-                   "step_skipped": "critic/step_skipped"}
+                   "step_skipped": "critic/step_skipped", "param_norm": "critic/param_norm"}
 
 
 def critic_optimizer_steps(cfg: DictConfig) -> int:
@@ -77,7 +78,9 @@ class CriticWorker(Worker):
     @register(Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, directory: str) -> None:
         self.engine.save_checkpoint(directory)
+        save_rng_state(directory, self.rank, {"shuffle": self.shuffle_gen})
 
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, directory: str) -> None:
         self.engine.load_checkpoint(directory)
+        load_rng_state(directory, self.rank, {"shuffle": self.shuffle_gen})

@@ -5,8 +5,9 @@ from __future__ import annotations
 class WorkerError(RuntimeError):
     """A worker raised, or its process died, during a call."""
 
-    def __init__(self, role: str, rank: int, method: str, cause: str):
+    def __init__(self, role: str, rank: int, method: str, cause: str, *, process_died: bool = False):
         self.role, self.rank, self.method, self.cause = role, rank, method, cause
+        self.process_died = process_died  # the process is gone (killed, OOM, node lost), not a Python error
         super().__init__(f"{role} rank {rank} failed in {method}(): {cause}")
 
 

@@ -19,6 +19,7 @@ from workers.runtime.host import WorkerHost
 from workers.runtime.resource_pool import ResourcePool
 
 _POLL_S = 1.0  # how often a long wait wakes to notice dead ranks
+_DEATH_GRACE_S = 5.0  # after a rank's error, how long to look for a peer whose death caused it
 
 
 def _cause(err: Exception) -> str:
@@ -47,9 +48,30 @@ def gather(refs: list, ranks: list[int], role: str, method: str, timeout_s: floa
                 results[rank] = ray.get(ref, timeout=max(1.0, remaining))
             except GetTimeoutError:
                 raise WorkerTimeout(role, method, [rank], timeout_s) from None
-            except (RayActorError, RayTaskError) as e:
-                raise WorkerError(role, rank, method, _cause(e)) from None
+            except RayActorError as e:
+                raise WorkerError(role, rank, method, _cause(e), process_died=True) from None
+            except RayTaskError as e:
+                raise _dead_peer(pending, role, method) or WorkerError(role, rank, method, _cause(e)) from None
     return results
+
+
+def _dead_peer(pending: dict, role: str, method: str) -> WorkerError | None:
+    """A rank that died mid-collective makes its peers fail too (a gloo/NCCL error): name the dead one.
+
+    Looks briefly at the ranks still pending; the driver then restarts for a death instead of
+    stopping for what looks like the survivor's own error.
+    """
+    if not pending:
+        return None
+    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=_DEATH_GRACE_S)
+    for ref in ready:
+        try:
+            ray.get(ref, timeout=1.0)
+        except RayActorError as e:
+            return WorkerError(role, pending[ref], method, _cause(e), process_died=True)
+        except Exception:  # noqa: BLE001 - any other outcome says nothing about a death
+            continue
+    return None
 
 
 class PendingCall:

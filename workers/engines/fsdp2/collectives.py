@@ -63,6 +63,18 @@ def global_grad_norm(params: Iterable[nn.Parameter], group: ProcessGroup | None,
 
 
 @torch.no_grad()
+def local_param_square_sum(params: Iterable[nn.Parameter], device: torch.device) -> Tensor:
+    """Sum of squares of this rank's weight shards (disjoint across ranks: their all-reduce is the global one).
+
+    In float64, so weights that are huge but finite (a diverging run) give a finite norm instead of an
+    overflow that would look like inf weights (a float32 sum of squares overflows at a norm of ~1.8e19).
+    """
+    local = [p.to_local() if isinstance(p, DTensor) else p for p in params]
+    squares = [torch.linalg.vector_norm(t, dtype=torch.float64).square() for t in local]
+    return torch.stack(squares).sum().to(device) if squares else torch.zeros((), dtype=torch.float64, device=device)
+
+
+@torch.no_grad()
 def clip_grads_(params: Iterable[nn.Parameter], max_norm: float, total_norm: Tensor) -> None:
     """Scale every gradient by min(1, max_norm / total_norm) (same factor on every rank)."""
     coef = (max_norm / (total_norm + 1e-6)).clamp(max=1.0)

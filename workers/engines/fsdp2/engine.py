@@ -14,13 +14,14 @@ from torch import Tensor
 from torch.distributed import ProcessGroup
 from transformers import PretrainedConfig
 
+from hybrid_engine.names import tied_aliases
 from workers.batch import Batch
 from workers.engines import LossFn
 from workers.engines.fsdp2 import checkpoint
 from workers.engines.fsdp2.build import build_mesh, load_hf_model, shard_model
 from workers.engines.fsdp2.collectives import split_micro_batches
 from workers.engines.fsdp2.forward import check_layout, model_forward
-from workers.engines.fsdp2.optim import build_lr_scheduler, build_optimizer
+from workers.engines.fsdp2.optim import apply_hyperparameters, build_lr_scheduler, build_optimizer
 from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
 from workers.engines.fsdp2.train_step import train_mini_batch
 
@@ -150,4 +151,7 @@ class FSDPEngine:
             scheduler=self.lr_scheduler,
             group=self.dp_group,
             device=self.device,
+            aliases=tied_aliases(self.module),
         )
+        if self.optimizer is not None and self.lr_scheduler is not None and self.optim_spec is not None:
+            apply_hyperparameters(self.optimizer, self.lr_scheduler, self.optim_spec)

@@ -47,3 +47,16 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, spec: OptimSpec) -> Lam
         return lr_ratio(step, spec)
 
     return LambdaLR(optimizer, lr_lambda=ratio)
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, spec: OptimSpec) -> None:
+    """After loading a checkpoint: the configured lr, betas, eps and weight decay replace the saved ones.
+
+    An optimizer's state_dict carries its hyperparameters, so a run resumed with a new
+    `optim.lr` (the usual answer to a run that diverged) would silently keep the old one.
+    Moments and the schedule position stay as saved; with an unchanged config this is a no-op.
+    """
+    scheduler.base_lrs = [spec.lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group.update(initial_lr=spec.lr, lr=spec.lr * lr_ratio(scheduler.last_epoch, spec), betas=spec.betas,
+                     eps=spec.eps, weight_decay=spec.weight_decay)

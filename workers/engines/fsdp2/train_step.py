@@ -8,6 +8,7 @@ whatever the micro-batch size or the number of ranks.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -17,9 +18,10 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from workers.batch import Batch
 from workers.engines import LossFn, LossNorm
-from workers.engines.fsdp2.collectives import all_reduce_sum, clip_grads_, global_grad_norm, split_micro_batches
+from workers.engines.fsdp2.collectives import (all_reduce_sum, clip_grads_, global_grad_norm,
+                                               local_param_square_sum, split_micro_batches)
 
-RESERVED_METRICS: tuple[str, ...] = ("loss", "grad_norm", "lr", "step_skipped")
+RESERVED_METRICS: tuple[str, ...] = ("loss", "grad_norm", "lr", "step_skipped", "param_norm")
 
 
 def loss_norm(batch: Batch, group: ProcessGroup | None, dp_size: int, device: torch.device) -> LossNorm:
@@ -48,8 +50,9 @@ def train_mini_batch(
 
     Returns, identical on every rank: `loss` (the global mini-batch loss: all contributions
     summed), the loss_fn metrics averaged over micro-batches and ranks, `grad_norm` (before
-    clipping), `lr` (used by this step) and `step_skipped` (1.0 when the norm was not finite
-    and the optimizer step was skipped; the LR schedule still advances).
+    clipping), `lr` (used by this step), `step_skipped` (1.0 when the norm was not finite
+    and the optimizer step was skipped; the LR schedule still advances) and `param_norm`
+    (L2 norm of all weights after the step: the driver's divergence guard reads it).
     """
     optimizer.zero_grad(set_to_none=True)
     norm = loss_norm(batch, group, dp_size, device)
@@ -79,8 +82,10 @@ def train_mini_batch(
     scheduler.step()
 
     keys = sorted(metric_sums)
-    local = torch.stack([metric_sums[k] / len(micro) for k in keys] + [loss_sum])
+    local = torch.stack([(metric_sums[k] / len(micro)).double() for k in keys]
+                        + [loss_sum.double(), local_param_square_sum(params, device)])
     reduced = all_reduce_sum(local, group).tolist()
-    result = {k: v / dp_size for k, v in zip(keys, reduced[:-1])}
-    result.update(loss=reduced[-1], grad_norm=float(grad_norm), lr=lr, step_skipped=0.0 if finite else 1.0)
+    result = {k: v / dp_size for k, v in zip(keys, reduced[:-2])}
+    result.update(loss=reduced[-2], grad_norm=float(grad_norm), lr=lr, step_skipped=0.0 if finite else 1.0,
+                  param_norm=math.sqrt(reduced[-1]) if math.isfinite(reduced[-1]) else reduced[-1])
     return result
