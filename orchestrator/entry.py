@@ -67,11 +67,12 @@ def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     start_ray(cfg)
     tracker = Tracker(out, list(cfg.trainer.loggers), cfg.trainer.experiment_name)
-    state: dict = {"trainer": None, "workers": {}}
+    state: dict = {"trainer": None, "workers": {}, "loop_s": 0.0}
 
     def attempt(resume: bool) -> dict:
         state["trainer"] = None
         roles = build_roles(cfg, tok.pad_token_id, classes=classes)
+        trainer = None
         try:
             trainer = state["trainer"] = RLTrainer(cfg, tok, roles, train_rows, val_rows, tracker)
             result = trainer.fit(resume=resume)
@@ -81,6 +82,7 @@ def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
                 state["workers"].update({f"rollout[{r}]": b for r, b in enumerate(roles.rollout.peak_memory_bytes())})
             return result
         finally:
+            state["loop_s"] += trainer.loop_seconds if trainer is not None else 0.0
             roles.shutdown()
 
     def progress() -> tuple[int, int]:
@@ -88,7 +90,6 @@ def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
         latest = checkpoint_step(Path(cfg.trainer.output_dir) / "checkpoints")
         return (trainer.step if trainer is not None else 0), latest
 
-    started = time.monotonic()
     try:
         result, recovery = run_with_recovery(attempt, resume=cfg.trainer.resume, max_restarts=cfg.trainer.max_restarts,
                                              progress_of=progress)
@@ -97,13 +98,13 @@ def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
         trainer = state["trainer"]
         health = RunHealth(status="stopped" if isinstance(err, TrainingStopped) else "failed", message=str(err),
                            skipped_steps=trainer.guard.skipped_total if trainer else 0)
-        _summarise(cfg, out, time.monotonic() - started, health, state["workers"])
+        _summarise(cfg, out, state["loop_s"], health, state["workers"])
         raise
     finally:
         tracker.close()
     health = RunHealth(restarts=recovery.restarts, lost_steps=recovery.lost_steps,
                        skipped_steps=result["skipped_steps"])
-    return _summarise(cfg, out, time.monotonic() - started, health, state["workers"])
+    return _summarise(cfg, out, state["loop_s"], health, state["workers"])
 
 
 def _summarise(cfg: DictConfig, out: Path, wall_time_s: float, health: RunHealth,

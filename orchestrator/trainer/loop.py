@@ -50,6 +50,7 @@ class RLTrainer:
         self.ckpt_root = Path(cfg.trainer.output_dir) / "checkpoints"
         self.guard = HealthGuard(cfg.trainer)
         self.last_batch: Batch | None = None
+        self.loop_started: float | None = None
         self.step = 0
 
     # --- sampling parameters ------------------------------------------------------------
@@ -228,7 +229,7 @@ class RLTrainer:
         if resumed is None:
             self.tracker.rewind(0)  # a restart from scratch redoes every step; the step-0 record stays
         self.roles.sync_weights()
-        start = time.monotonic()
+        self.loop_started = time.monotonic()
         if not self.tracker.has_record(self.step):  # the initial validation, once per run
             self.tracker.log(self.step, self.validate())
         progress = TrainingProgress(cfg.total_steps, self.step, self.cfg.trainer.experiment_name, "reward/mean",
@@ -252,7 +253,12 @@ class RLTrainer:
                 metrics["timing_s/step"] = time.monotonic() - step_start
                 self.tracker.log(self.step, metrics)
                 progress.update(self.step, metrics)
-        return {"wall_time_s": time.monotonic() - start, "skipped_steps": self.guard.skipped_total}
+        return {"skipped_steps": self.guard.skipped_total}
+
+    @property
+    def loop_seconds(self) -> float:
+        """Wall time of this fit() since weights were synced (validation and checkpoints included)."""
+        return time.monotonic() - self.loop_started if self.loop_started is not None else 0.0
 
     def _checkpoint(self, metrics: dict[str, float], healthy: bool) -> None:
         """Save this step, unless it is unhealthy: a non-finite or diverged model is never checkpointed."""
