@@ -16,6 +16,7 @@ from orchestrator.assets.tiny_model import build_tiny_model
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.validate import check_model_paths
 from orchestrator.ray_cluster import init_ray
+from orchestrator.run_errors import RunFailed, TrainingStopped
 from orchestrator.tasks.registry import get_task
 from orchestrator.tracking import (OutputPaths, PeakMemory, RunHealth, RunSummary, Tracker, plot_curves,
                                    process_peak_rss_bytes)
@@ -23,7 +24,6 @@ from orchestrator.tokenizer import TokenizerError, load_tokenizer
 from orchestrator.trainer.checkpointing import checkpoint_step
 from orchestrator.trainer.data import PromptStream, load_rows, load_train_val_rows, task_files
 from orchestrator.trainer.loop import RLTrainer
-from orchestrator.run_errors import RunFailed, TrainingStopped
 from orchestrator.trainer.recovery import run_with_recovery
 from orchestrator.trainer.roles import build_roles
 from orchestrator.trainer.run_dir import claim_run_dir
@@ -94,7 +94,6 @@ def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
         result, recovery = run_with_recovery(attempt, resume=cfg.trainer.resume, max_restarts=cfg.trainer.max_restarts,
                                              progress_of=progress)
     except (TrainingStopped, RunFailed) as err:
-        tracker.close()
         trainer = state["trainer"]
         health = RunHealth(status="stopped" if isinstance(err, TrainingStopped) else "failed", message=str(err),
                            skipped_steps=trainer.guard.skipped_total if trainer else 0)
