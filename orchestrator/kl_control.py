@@ -14,7 +14,7 @@ from torch import Tensor
 
 from workers.losses.kl import kl_penalty
 from workers.losses.masked import masked_mean
-from workers.losses.registry import select_params
+from workers.losses.registry import bind_params, checked_binding
 
 # Ziegler et al. 2019: the proportional error is clipped to [-0.2, 0.2] so one noisy
 # KL measurement cannot move beta by more than 20% * n_steps / horizon. Part of the published rule.
@@ -56,22 +56,25 @@ class AdaptiveKLController:
 
 KLController = FixedKLController | AdaptiveKLController
 
-KL_CONTROLLERS: dict[str, Callable[..., KLController]] = {
-    "fixed": FixedKLController,
-    "adaptive": AdaptiveKLController,
+# controller -> (class, its constructor arguments bound to keys of algorithm.kl_ctrl)
+KL_CONTROLLERS: dict[str, tuple[Callable[..., KLController], dict[str, str]]] = {
+    "fixed": (FixedKLController, checked_binding(FixedKLController.__init__, {"kl_coef": "kl_coef"}, supplied=())),
+    "adaptive": (AdaptiveKLController, checked_binding(
+        AdaptiveKLController.__init__, {"kl_coef": "kl_coef", "target_kl": "target_kl", "horizon": "horizon"},
+        supplied=())),
 }
 
 
 def make_kl_controller(kind: str, available: Mapping[str, Any]) -> KLController:
-    """Build controller `kind` ("fixed": kl_coef; "adaptive": kl_coef, target_kl, horizon),
-    taking its arguments by name from one config section (algorithm.kl_ctrl); others are ignored.
+    """Build controller `kind` ("fixed": kl_coef; "adaptive": kl_coef, target_kl, horizon) from one config
+    section (algorithm.kl_ctrl), through its explicit binding; the section's other keys are not read.
     """
     try:
-        cls = KL_CONTROLLERS[kind]
+        cls, binding = KL_CONTROLLERS[kind]
     except KeyError:
         known = ", ".join(sorted(KL_CONTROLLERS))
         raise ValueError(f"unknown KL controller {kind!r}; known: {known}") from None
-    return cls(**select_params(cls, available, what=f"KL controller {kind!r}", supplied=()))
+    return cls(**bind_params(binding, available, what=f"KL controller {kind!r}"))
 
 
 def apply_kl_penalty(

@@ -10,7 +10,8 @@ from orchestrator.advantages.registry import register_advantage
 from workers.losses.masked import masked_whiten
 
 
-@register_advantage("gae", needs_critic=True, needs_baseline_rollout=False, uses_groups=False)
+@register_advantage("gae", needs_critic=True, needs_baseline_rollout=False, uses_groups=False,
+                    params={"gamma": "gamma", "lam": "lam", "whiten_advantages": "whiten_advantages", "eps": "eps"})
 def gae(
     data: AdvantageInputs, *, gamma: float, lam: float, whiten_advantages: bool, eps: float
 ) -> tuple[Tensor, Tensor]:

@@ -19,7 +19,8 @@ def _broadcast(adv: Tensor, data: AdvantageInputs) -> tuple[Tensor, Tensor]:
     return tok, tok
 
 
-@register_advantage("grpo", needs_critic=False, needs_baseline_rollout=False, uses_groups=True)
+@register_advantage("grpo", needs_critic=False, needs_baseline_rollout=False, uses_groups=True,
+                    params={"norm_adv_by_std": "norm_adv_by_std", "eps": "eps"})
 def grpo(data: AdvantageInputs, *, norm_adv_by_std: bool, eps: float) -> tuple[Tensor, Tensor]:
     """GRPO outcome supervision (Shao et al. 2024, Sec. 4.1.2): A_i = (r_i - mean_g) / (std_g + eps).
 
@@ -35,7 +36,7 @@ def grpo(data: AdvantageInputs, *, norm_adv_by_std: bool, eps: float) -> tuple[T
     return _broadcast(adv, data)
 
 
-@register_advantage("rloo", needs_critic=False, needs_baseline_rollout=False, uses_groups=True)
+@register_advantage("rloo", needs_critic=False, needs_baseline_rollout=False, uses_groups=True, params={})
 def rloo(data: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """RLOO (Kool et al. 2019; Ahmadian et al. 2024): baseline = mean of the *other*
     samples of the prompt, A_i = r_i - (sum_g - r_i) / (n - 1). A group of one gets A = 0.

@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from orchestrator.advantages.inputs import AdvantageInputs
-from workers.losses.registry import select_params
+from workers.losses.registry import bind_params, checked_binding
 
 AdvantageFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -35,20 +35,23 @@ class AdvantageEstimator:
     needs_critic: bool
     needs_baseline_rollout: bool
     uses_groups: bool
+    params: dict[str, str]  # argument -> key of the algorithm config section
 
 
 _ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
 def register_advantage(
-    name: str, *, needs_critic: bool, needs_baseline_rollout: bool, uses_groups: bool
+    name: str, *, needs_critic: bool, needs_baseline_rollout: bool, uses_groups: bool, params: Mapping[str, str]
 ) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Decorator: make `fn` available as `name` in the config, with its requirement flags."""
+    """Decorator: make `fn` available as `name` in the config, with its requirement flags; `params` binds its
+    hyperparameters to keys of the algorithm section (argument -> key), checked here."""
 
     def deco(fn: AdvantageFn) -> AdvantageFn:
         if name in _ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} is already registered")
-        _ESTIMATORS[name] = AdvantageEstimator(name, fn, needs_critic, needs_baseline_rollout, uses_groups)
+        _ESTIMATORS[name] = AdvantageEstimator(name, fn, needs_critic, needs_baseline_rollout, uses_groups,
+                                               checked_binding(fn, params, supplied=()))
         return fn
 
     return deco
@@ -72,8 +75,8 @@ def list_advantages() -> list[str]:
 
 
 def advantage_params(name: str, available: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of estimator `name`, picked by name from `available` (e.g. cfg.algorithm)."""
-    return select_params(get_advantage_fn(name), available, what=f"advantage estimator {name!r}", supplied=())
+    """Hyperparameters of estimator `name`, read from `available` (cfg.algorithm) through its binding."""
+    return bind_params(get_advantage_estimator(name).params, available, what=f"advantage estimator {name!r}")
 
 
 def compute_advantage(name: str, data: AdvantageInputs, params: Mapping[str, Any]) -> tuple[Tensor, Tensor]:

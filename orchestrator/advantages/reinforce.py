@@ -23,7 +23,8 @@ def _return_to_go(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
 
 
 @register_advantage(
-    "reinforce_plus_plus", needs_critic=False, needs_baseline_rollout=False, uses_groups=False
+    "reinforce_plus_plus", needs_critic=False, needs_baseline_rollout=False, uses_groups=False,
+    params={"gamma": "gamma", "eps": "eps"},
 )
 def reinforce_plus_plus(data: AdvantageInputs, *, gamma: float, eps: float) -> tuple[Tensor, Tensor]:
     """REINFORCE++ (Hu 2025): discounted return-to-go of the (KL-penalised) token
@@ -35,7 +36,8 @@ def reinforce_plus_plus(data: AdvantageInputs, *, gamma: float, eps: float) -> t
 
 
 @register_advantage(
-    "reinforce_plus_plus_baseline", needs_critic=False, needs_baseline_rollout=False, uses_groups=True
+    "reinforce_plus_plus_baseline", needs_critic=False, needs_baseline_rollout=False, uses_groups=True,
+    params={"eps": "eps"},
 )
 def reinforce_plus_plus_baseline(data: AdvantageInputs, *, eps: float) -> tuple[Tensor, Tensor]:
     """REINFORCE++-baseline (Hu 2025): subtract the prompt's group mean score (no std division,
@@ -48,7 +50,7 @@ def reinforce_plus_plus_baseline(data: AdvantageInputs, *, eps: float) -> tuple[
     return adv, adv
 
 
-@register_advantage("remax", needs_critic=False, needs_baseline_rollout=True, uses_groups=False)
+@register_advantage("remax", needs_critic=False, needs_baseline_rollout=True, uses_groups=False, params={})
 def remax(data: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """ReMax (Li et al. 2023, Alg. 1): baseline = reward of the greedy response to the same
     prompt; A_t = (undiscounted reward-to-go at t) - baseline, on valid tokens.

@@ -38,7 +38,8 @@ def _check_clip(clip_ratio_low: float | None, clip_ratio_high: float) -> None:
         raise ValueError(f"clip_ratio_high must be >= 0, got {clip_ratio_high}")
 
 
-@register_policy_loss("ppo")
+@register_policy_loss("ppo", params={"clip_ratio_low": "clip_ratio_low", "clip_ratio_high": "clip_ratio_high",
+                                      "dual_clip_c": "dual_clip_c"})
 def ppo_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,
@@ -78,7 +79,7 @@ def ppo_loss(
     return agg.reduce(loss_mat, response_mask), metrics
 
 
-@register_policy_loss("cispo")
+@register_policy_loss("cispo", params={"clip_ratio_low": "clip_ratio_low", "clip_ratio_high": "clip_ratio_high"})
 def cispo_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,
@@ -113,7 +114,7 @@ def cispo_loss(
     return agg.reduce(loss_mat, response_mask), metrics
 
 
-@register_policy_loss("gspo")
+@register_policy_loss("gspo", params={"clip_ratio_low": "clip_ratio_low", "clip_ratio_high": "clip_ratio_high"})
 def gspo_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,
@@ -146,7 +147,7 @@ def gspo_loss(
     return agg.reduce(loss_mat, response_mask), metrics
 
 
-@register_policy_loss("reinforce")
+@register_policy_loss("reinforce", params={})
 def reinforce_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,

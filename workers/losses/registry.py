@@ -6,7 +6,8 @@ looks it up by name and never branches on the algorithm.
 Every registered function has the signature
     fn(log_prob, old_log_prob, advantages, response_mask, *, agg: LossAgg, **params)
         -> (loss: scalar Tensor, metrics: dict[str, Tensor])
-where all tensors are [B, R] and params are that loss's keyword-only hyperparameters.
+where all tensors are [B, R] and params are that loss's keyword-only hyperparameters, each bound
+explicitly to a config key at registration.
 """
 
 from __future__ import annotations
@@ -33,16 +34,39 @@ class PolicyLossFn(Protocol):
     ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
-_POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+_POLICY_LOSSES: dict[str, tuple[PolicyLossFn, dict[str, str]]] = {}
 
 
-def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
-    """Decorator: make `fn` available as `name` in the config."""
+def checked_binding(fn: Callable[..., Any], params: Mapping[str, str], *, supplied: tuple[str, ...]) -> dict[str, str]:
+    """`params` maps each keyword-only hyperparameter of `fn` to the config key it is read from.
+
+    Checked once, at registration: a renamed argument or key fails at import instead of being
+    silently re-bound (or dropped) the way binding by argument name would. `supplied` lists the
+    keyword arguments the caller passes itself ("agg").
+    """
+    declared = {p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in supplied}
+    if set(params) != declared:
+        raise TypeError(f"{fn.__name__}: the binding names {sorted(params)} but the function takes {sorted(declared)}")
+    return dict(params)
+
+
+def bind_params(binding: Mapping[str, str], section: Mapping[str, Any], *, what: str) -> dict[str, Any]:
+    """{argument: section[config key]} for a checked binding; a key the section lacks raises, naming it."""
+    missing = sorted(key for key in binding.values() if key not in section)
+    if missing:
+        raise ValueError(f"{what} needs config keys {missing}: absent or unset in {sorted(section)}")
+    return {arg: section[key] for arg, key in binding.items()}
+
+
+def register_policy_loss(name: str, *, params: Mapping[str, str]) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Decorator: make `fn` available as `name` in the config; `params` binds its hyperparameters to keys of
+    actor.policy_loss (argument -> key)."""
 
     def deco(fn: PolicyLossFn) -> PolicyLossFn:
         if name in _POLICY_LOSSES:
             raise ValueError(f"policy loss {name!r} is already registered")
-        _POLICY_LOSSES[name] = fn
+        _POLICY_LOSSES[name] = (fn, checked_binding(fn, params, supplied=("agg",)))
         return fn
 
     return deco
@@ -51,7 +75,7 @@ def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
 def get_policy_loss_fn(name: str) -> PolicyLossFn:
     """The loss registered as `name`; a typo raises an error listing the known names."""
     try:
-        return _POLICY_LOSSES[name]
+        return _POLICY_LOSSES[name][0]
     except KeyError:
         raise ValueError(f"unknown policy loss {name!r}; known: {', '.join(list_policy_losses())}") from None
 
@@ -60,27 +84,7 @@ def list_policy_losses() -> list[str]:
     return sorted(_POLICY_LOSSES)
 
 
-def select_params(
-    fn: Callable[..., Any], available: Mapping[str, Any], *, what: str, supplied: tuple[str, ...]
-) -> dict[str, Any]:
-    """The keyword-only hyperparameters `fn` declares, taken from a config section by name.
-
-    Why: one config section (e.g. actor.policy_loss) serves several losses, each using a subset,
-    so the caller needs no per-algorithm branch. Keys `fn` does not take are ignored (the
-    structured config schema already rejects misspelt keys); a key it needs but the section
-    lacks raises, naming it. `supplied` lists keyword args the caller passes itself ("agg").
-    """
-    wanted = [
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in supplied
-    ]
-    missing = [k for k in wanted if k not in available]
-    if missing:
-        raise ValueError(f"{what} needs params {missing}: absent or unset in {sorted(available)}")
-    return {k: available[k] for k in wanted}
-
-
 def policy_loss_params(name: str, available: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of policy loss `name`, picked from `available` (e.g. actor.policy_loss)."""
-    return select_params(get_policy_loss_fn(name), available, what=f"policy loss {name!r}", supplied=("agg",))
+    """Hyperparameters of policy loss `name`, read from `available` (actor.policy_loss) through its binding."""
+    get_policy_loss_fn(name)
+    return bind_params(_POLICY_LOSSES[name][1], available, what=f"policy loss {name!r}")
