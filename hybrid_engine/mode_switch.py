@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from hybrid_engine.memory import MemorySnapshot, memory_snapshot, release_cached_memory, resolve_device
-from hybrid_engine.offload import OffloadReport, TrainingStateOffloader
+from hybrid_engine.offload import OffloadReport
 from hybrid_engine.protocols import KV_CACHE_TAG, WEIGHTS_TAG, SleepableRollout, accepts_wake_up_tags
-from hybrid_engine.weight_stream import StreamStats, WeightStream
+from hybrid_engine.training_state import TrainingState
+from hybrid_engine.weight_stream import StreamStats
 
 
 class Mode(enum.Enum):
@@ -78,12 +78,11 @@ class SwitchReport:
 
 
 class HybridEngine:
-    """Switches one rank's device between a training module+optimizer and a rollout engine."""
+    """Switches one rank's device between a training engine's state and a rollout engine."""
 
     def __init__(
         self,
-        module: nn.Module,
-        optimizer: torch.optim.Optimizer | None,
+        state: TrainingState,
         rollout: SleepableRollout | None,
         *,
         device: torch.device,
@@ -95,23 +94,22 @@ class HybridEngine:
     ) -> None:
         """Wire one rank's training state to its rollout engine.
 
+        `state`: the training engine (offload/reload, weight export), see training_state.py.
         `device`: the training device; on CPU offloading moves nothing (reports say so).
         `bucket_bytes`: cap on one bucket of full weights (the transient device memory of a
         sync); a larger tensor travels alone. `weight_dtype`: what the rollout engine loads.
         `is_rollout_consumer`: this rank's rollout takes the weights; `rollout` may be None
         only on a non-consumer rank (it still joins every gather).
-        `optimizer` may be None (frozen module); then `offload_optimizer` offloads only grads.
         """
         if is_rollout_consumer and rollout is None:
             raise ValueError("HybridEngine: is_rollout_consumer=True needs a rollout engine")
-        self.module = module
+        self.state = state
         self.rollout = rollout
         self.device = resolve_device(device)
         self.offload_params = offload_params
         self.offload_optimizer = offload_optimizer
         self.is_rollout_consumer = is_rollout_consumer
-        self.offloader = TrainingStateOffloader.for_device(module, optimizer, self.device)
-        self.stream = WeightStream(module, bucket_bytes=bucket_bytes, dtype=weight_dtype, consumer=is_rollout_consumer)
+        self.bucket_bytes, self.weight_dtype = bucket_bytes, weight_dtype
         self.tagged_wake_up = rollout is not None and accepts_wake_up_tags(rollout)
         self.mode: Mode | None = Mode.TRAIN
         self.last_stream_stats: StreamStats | None = None
@@ -141,14 +139,14 @@ class HybridEngine:
 
     def _to_rollout(self, run: "_Run") -> None:
         if self.offload_optimizer:
-            run.offload(self.offloader.offload_optimizer, self.device)
+            run.offload(self.state.offload_optimizer, self.device)
         if self.rollout is not None:
             tags = [WEIGHTS_TAG] if self.tagged_wake_up else None
             run.timed("wake_weights", lambda: self._wake(tags))
         run.timed("stream_weights", self._stream)
         run.stream_bytes = self.last_stream_stats.bytes_streamed if self.last_stream_stats else 0
         if self.offload_params:
-            run.offload(self.offloader.offload_params, self.device)
+            run.offload(self.state.offload_params, self.device)
         if self.rollout is not None and self.tagged_wake_up:
             run.timed("wake_kv_cache", lambda: self._wake([KV_CACHE_TAG]))
 
@@ -156,9 +154,9 @@ class HybridEngine:
         if self.rollout is not None:
             run.timed("sleep_rollout", self.rollout.sleep)
         if self.offload_params:
-            run.offload(self.offloader.reload_params, None)
+            run.offload(self.state.reload_params, None)
         if self.offload_optimizer:
-            run.offload(self.offloader.reload_optimizer, None)
+            run.offload(self.state.reload_optimizer, None)
 
     def _wake(self, tags: list[str] | None) -> None:
         assert self.rollout is not None
@@ -168,10 +166,12 @@ class HybridEngine:
             self.rollout.wake_up(tags=tags)  # type: ignore[call-arg]  # tagged engines only
 
     def _stream(self) -> None:
-        for bucket in self.stream:  # yields nothing on a non-consumer rank, which still gathers
+        stream = self.state.export_weights(dtype=self.weight_dtype, bucket_bytes=self.bucket_bytes,
+                                           consumer=self.is_rollout_consumer)
+        for bucket in stream:  # yields nothing on a non-consumer rank, which still gathers
             assert self.rollout is not None
             self.rollout.load_weights(bucket)
-        self.last_stream_stats = self.stream.stats
+        self.last_stream_stats = stream.stats
 
 
 class _Run:

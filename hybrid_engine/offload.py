@@ -1,9 +1,10 @@
 """Offload a training module's parameters, gradients and optimizer state to host memory and back.
 
 What is moved: the storages behind this rank's parameter shards (FSDP2 DTensor local
-shards after a reshard), behind the gradients, and behind every tensor in the optimizer
+shards after a reshard), behind the gradients, behind every tensor in the optimizer
 state (AdamW exp_avg / exp_avg_sq, and `step` when it lives on the device, i.e. with
-fused/capturable AdamW; the default `step` is a CPU scalar and stays put). Buffers
+fused/capturable AdamW; the default `step` is a CPU scalar and stays put) and behind
+fp32 master weights an optimizer keeps apart from the module's (with the optimizer state). Buffers
 (e.g. rotary `inv_freq`) are not moved: they are small and often recomputed.
 
 On a CPU training device, the training state already is host memory: the offloader
@@ -73,6 +74,14 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tens
     return out
 
 
+@torch.no_grad()
+def master_weight_tensors(optimizer: torch.optim.Optimizer, module: nn.Module) -> list[torch.Tensor]:
+    """Parameters the optimizer steps that are not the module's own: fp32 master copies of low-precision
+    weights (the Megatron engine keeps them; FSDP2's optimizer steps the module's shards directly)."""
+    own = {id(p) for p in module.parameters()}
+    return [local_tensor(p) for group in optimizer.param_groups for p in group["params"] if id(p) not in own]
+
+
 class TrainingStateOffloader:
     """Offloads/reloads a module's params and its optimizer (state + grads), each independently.
 
@@ -130,7 +139,7 @@ class TrainingStateOffloader:
         def tensors() -> list[torch.Tensor]:
             found = grad_tensors(self.module)
             if self.optimizer is not None:
-                found += optimizer_state_tensors(self.optimizer)
+                found += optimizer_state_tensors(self.optimizer) + master_weight_tensors(self.optimizer, self.module)
             return found
 
         return self._move("optimizer", "offload", self._optim, tensors)

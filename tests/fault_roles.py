@@ -48,7 +48,7 @@ class KillOnceActor(ActorRolloutWorker):
 
     KILL_AT_UPDATE = 5
 
-    @register(Dispatch.DP)
+    @register(Dispatch.DP_MESH)
     def update_actor(self, batch):
         self._updates = getattr(self, "_updates", 0) + 1
         marker = Path(self.cfg.trainer.output_dir) / "killed-once"
@@ -61,9 +61,13 @@ class KillOnceActor(ActorRolloutWorker):
 class AlwaysKillActor(ActorRolloutWorker):
     """Rank 1 dies at its second actor update in every process: more failures than any restart budget."""
 
-    @register(Dispatch.DP)
+    @register(Dispatch.DP_MESH)
     def update_actor(self, batch):
         self._updates = getattr(self, "_updates", 0) + 1
         if self.rank == 1 and self._updates == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().update_actor(batch)
+
+
+class KillAtThirdUpdateActor(KillOnceActor):
+    KILL_AT_UPDATE = 3

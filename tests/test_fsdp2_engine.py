@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fsdp_harness import shutdown_gloo
+from fsdp_harness import finish_rank, shutdown_gloo
 import torch.multiprocessing as mp
 
 from workers.batch import Batch
@@ -99,6 +99,7 @@ def _entry(rank: int, fn_name: str, path: str, tmp: str, port: int) -> None:
         raise
     finally:
         shutdown_gloo()
+    finish_rank()  # only reached when every check passed
 
 
 def run_2_ranks(fn_name: str, tmp_path) -> None:

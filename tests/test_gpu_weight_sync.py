@@ -37,6 +37,7 @@ def _storage_bytes(tensors: list[torch.Tensor]) -> int:
 def _offload_worker(rank: int, tmp: str) -> None:
     from hybrid_engine.fsdp import local_tensor
     from hybrid_engine.mode_switch import HybridEngine
+    from hybrid_engine.training_state import ModuleState
     from hybrid_engine.offload import grad_tensors, optimizer_state_tensors, param_tensors
 
     torch.cuda.set_device(0)
@@ -52,7 +53,8 @@ def _offload_worker(rank: int, tmp: str) -> None:
         state = [local_tensor(t) for t in param_tensors(model) + grad_tensors(model) + optimizer_state_tensors(opt)]
         state_bytes = _storage_bytes(state)
         snapshot = [t.detach().clone().cpu() for t in state]
-        engine = HybridEngine(model, opt, None, device=device, bucket_bytes=1 << 22, weight_dtype=torch.bfloat16,
+        engine = HybridEngine(ModuleState(model, opt, device), None, device=device, bucket_bytes=1 << 22,
+                              weight_dtype=torch.bfloat16,
                               offload_params=True, offload_optimizer=True, is_rollout_consumer=False)
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated(device)

@@ -27,7 +27,7 @@ from hybrid_engine.storage_stash import HostBufferPool, StorageStash
 CPU = torch.device("cpu")
 
 
-from fsdp_harness import fsdp2 as _fsdp2, init_gloo as _init, shutdown_gloo, tiny_qwen2 as _tiny_qwen2
+from fsdp_harness import finish_rank, fsdp2 as _fsdp2, init_gloo as _init, shutdown_gloo, tiny_qwen2 as _tiny_qwen2
 
 
 # -- the distributed check ---------------------------------------------------------------------
@@ -112,6 +112,7 @@ def _offload_worker(rank: int, world: int, init_file: str) -> None:
                 assert torch.equal(pa.full_tensor(), pb.full_tensor()), name
     finally:
         shutdown_gloo()
+    finish_rank()  # only reached when every check passed
 
 
 @pytest.mark.timeout(180)

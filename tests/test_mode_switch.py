@@ -14,12 +14,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hybrid_engine.mode_switch import HybridEngine, Mode
+from hybrid_engine.training_state import ModuleState
 from hybrid_engine.verify import WeightSyncMismatch, group_param_diffs, verify_sync
 from hybrid_engine.weight_stream import WeightStream
 
 CPU = torch.device("cpu")
 
-from fsdp_harness import fsdp2 as _fsdp2, init_gloo as _init, shutdown_gloo, tiny_qwen2 as _tiny_qwen2
+from fsdp_harness import finish_rank, fsdp2 as _fsdp2, init_gloo as _init, shutdown_gloo, tiny_qwen2 as _tiny_qwen2
 
 
 # -- test doubles --------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def _switch_worker(rank: int, world: int, init_file: str) -> None:
         consumer = rank == 0  # rank 0 hosts the engine; rank 1 has an untagged one that takes no weights
         rollout = RecordingRolloutForTest(_tiny_qwen2(tie=False, seed=1)) if consumer else UntaggedRecordingRolloutForTest(None)
         engine = HybridEngine(
-            model, opt, rollout, device=CPU, bucket_bytes=8192, weight_dtype=torch.float32,
+            ModuleState(model, opt, CPU), rollout, device=CPU, bucket_bytes=8192, weight_dtype=torch.float32,
             offload_params=True, offload_optimizer=True, is_rollout_consumer=consumer,
         )
         probe = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(7))
@@ -131,6 +132,7 @@ def _switch_worker(rank: int, world: int, init_file: str) -> None:
         opt.step()
     finally:
         shutdown_gloo()
+    finish_rank()  # only reached when every check passed
 
 
 @pytest.mark.timeout(180)
@@ -145,7 +147,7 @@ def _plain_engine(rollout: RecordingRolloutForTest | None, consumer: bool) -> Hy
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     return HybridEngine(
-        model, opt, rollout, device=CPU, bucket_bytes=64, weight_dtype=torch.bfloat16,
+        ModuleState(model, opt, CPU), rollout, device=CPU, bucket_bytes=64, weight_dtype=torch.bfloat16,
         offload_params=False, offload_optimizer=False, is_rollout_consumer=consumer,
     )
 

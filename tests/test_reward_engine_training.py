@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fsdp_harness import shutdown_gloo
+from fsdp_harness import finish_rank, shutdown_gloo
 import torch.multiprocessing as mp
 
 from test_fsdp2_engine import (CPU, _free_port, assert_close_dicts, engine_spec, full_grads, make_batch,
@@ -68,6 +68,7 @@ def _entry(rank: int, path: str, port: int) -> None:
         raise
     finally:
         shutdown_gloo()
+    finish_rank()  # only reached when every check passed
 
 
 @pytest.mark.timeout(180)

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from hybrid_engine.names import hf_name, param_group, tied_aliases
 from hybrid_engine.weight_stream import WeightStream, plan_buckets
 
-from fsdp_harness import fsdp2 as _fsdp2, init_gloo as _init, shutdown_gloo, tiny_qwen2 as _tiny_qwen2
+from fsdp_harness import finish_rank, fsdp2 as _fsdp2, init_gloo as _init, shutdown_gloo, tiny_qwen2 as _tiny_qwen2
 
 
 # -- the distributed check ---------------------------------------------------------------------
@@ -71,6 +71,7 @@ def _stream_worker(rank: int, world: int, init_file: str) -> None:
             pass
     finally:
         shutdown_gloo()
+    finish_rank()  # only reached when every check passed
 
 
 @pytest.mark.timeout(180)

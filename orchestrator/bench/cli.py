@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 BENCHES = {"rollout": "orchestrator.bench.rollout_bench", "sync": "orchestrator.bench.sync_bench",
-           "algorithms": "orchestrator.bench.algorithms_bench", "sampling": "orchestrator.bench.sampling_bench"}
+           "algorithms": "orchestrator.bench.algorithms_bench", "backends": "orchestrator.bench.backends_bench",
+           "sampling": "orchestrator.bench.sampling_bench"}
 
 
 def bench_main(argv: list[str]) -> None:

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from workers.dtypes import DTYPES, to_dtype
+
 BENCH_MODEL = dict(
     vocab_size=50,
     hidden_size=256,
@@ -25,7 +27,6 @@ BENCH_MODEL = dict(
     max_position_embeddings=1024,
     tie_word_embeddings=True,
 )
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _time_interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
@@ -108,7 +109,7 @@ def run_rollout_bench(
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = Qwen2Config(**BENCH_MODEL)
-    hf = Qwen2ForCausalLM(config).to(device=device, dtype=_DTYPES[dtype]).eval()
+    hf = Qwen2ForCausalLM(config).to(device=device, dtype=to_dtype(dtype)).eval()
     n_params = sum(p.numel() for p in hf.parameters())
     engines = {}
     for kernels in ("torch", "cpp") if device == "cpu" else ("torch",):
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

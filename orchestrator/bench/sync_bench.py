@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from workers.dtypes import to_dtype
+
 # name -> (hidden, layers, heads, intermediate); kv heads = heads, tied embeddings
 SIZES: dict[str, tuple[int, int, int, int]] = {
     "3M": (256, 4, 4, 768),
@@ -70,10 +72,11 @@ def _receiver(path: str, dtype: str, port: int, syncs: int, threads: int | None)
 def _measure(module: torch.nn.Module, path: Path, dtype: str, bucket_bytes: int, repeats: int,
              threads: int | None) -> dict[str, Any]:
     """Colocated and split syncs alternate, so background load (shared cores) hits both alike."""
-    from hybrid_engine import HybridEngine, WeightStream, join_sync_group, open_sync_store, send_weights
+    from hybrid_engine import HybridEngine, ModuleState, WeightStream, join_sync_group, open_sync_store, send_weights
 
-    hybrid = HybridEngine(module, None, _engine(path, dtype), device=torch.device("cpu"), bucket_bytes=bucket_bytes,
-                          weight_dtype=getattr(torch, dtype), offload_params=True, offload_optimizer=True,
+    cpu = torch.device("cpu")
+    hybrid = HybridEngine(ModuleState(module, None, cpu), _engine(path, dtype), device=cpu, bucket_bytes=bucket_bytes,
+                          weight_dtype=to_dtype(dtype), offload_params=True, offload_optimizer=True,
                           is_rollout_consumer=True)
     store, port = open_sync_store("127.0.0.1", JOIN_TIMEOUT_S)
     proc = mp.get_context("spawn").Process(target=_receiver, args=(str(path), dtype, port, repeats + 1, threads))
@@ -86,7 +89,7 @@ def _measure(module: torch.nn.Module, path: Path, dtype: str, bucket_bytes: int,
             hybrid.train_mode()
             report = hybrid.rollout_mode()
             colocated.append(report.phases["stream_weights"])
-            stream = WeightStream(module, bucket_bytes=bucket_bytes, dtype=getattr(torch, dtype), consumer=True)
+            stream = WeightStream(module, bucket_bytes=bucket_bytes, dtype=to_dtype(dtype), consumer=True)
             stats = send_weights(group, stream)
             split.append(stats.seconds)
         proc.join(JOIN_TIMEOUT_S)

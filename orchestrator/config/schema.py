@@ -29,6 +29,7 @@ class TrainerConfig:
     loggers: list[str] = MISSING  # jsonl, tensorboard, console
     progress_bar: bool = MISSING
     torch_threads: int = MISSING  # torch threads in the driver process (workers: 1 per CPU slot)
+    backend: str = MISSING  # training engine of the policy and reference: fsdp2 | megatron (set by backend=)
     on_nonfinite: str = MISSING  # stop | skip (drop such updates; stop after max_skipped_steps in a row)
     max_skipped_steps: int = MISSING
     max_update_shift: float = MISSING  # mean |change of log-prob| per token from one step's update (checked before
@@ -83,6 +84,13 @@ class OptimConfig:
 
 
 @dataclass
+class MegatronConfig:
+    tensor_model_parallel_size: int = MISSING  # TP: heads, KV heads (and the vocabulary, padded) split over ranks
+    pipeline_model_parallel_size: int = MISSING  # PP: decoder layers split into stages; Megatron schedules micro-batches
+    sequence_parallel: bool = MISSING  # with TP > 1: norms and activations split along the sequence too
+
+
+@dataclass
 class PolicyLossConfig:
     name: str = MISSING  # registry key: ppo | cispo | gspo | reinforce
     clip_ratio_low: float = MISSING
@@ -104,6 +112,7 @@ class ActorConfig:
     kl_loss_coef: float = MISSING
     kl_loss_type: str = MISSING  # k1 | k2 | k3 | abs
     shuffle_mini_batches: bool = MISSING
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)  # backend=megatron only
 
 
 @dataclass
@@ -134,6 +143,7 @@ class RolloutConfig:
 @dataclass
 class RefConfig:
     log_prob_micro_batch_size: int = MISSING
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)  # backend=megatron: must equal the actor's
 
 
 @dataclass

@@ -37,8 +37,16 @@ def _positive(cfg: DictConfig, *keys: str) -> None:
             raise ConfigError(key, f"must be > 0, got {value}")
 
 
-def dp_world_size(cfg: DictConfig) -> int:
+def world_size(cfg: DictConfig) -> int:
     return cfg.cluster.nnodes * cfg.cluster.devices_per_node
+
+
+def dp_world_size(cfg: DictConfig) -> int:
+    """Data-parallel ranks of the policy: every rank under FSDP2, what TP x PP leaves under Megatron."""
+    if cfg.trainer.backend != "megatron":
+        return world_size(cfg)
+    m = cfg.actor.megatron
+    return max(world_size(cfg) // (m.tensor_model_parallel_size * m.pipeline_model_parallel_size), 1)
 
 
 @check
@@ -61,7 +69,8 @@ def _batch_divisibility(cfg: DictConfig) -> None:
     if rows % world:
         raise ConfigError("actor.ppo_mini_batch_size",
                           f"{mini} prompts x rollout.n={cfg.rollout.n} = {rows} rows is not divisible by the "
-                          f"data-parallel size {world} (cluster.nnodes x cluster.devices_per_node)")
+                          f"data-parallel size {world} (cluster.nnodes x cluster.devices_per_node"
+                          + (" / (tensor x pipeline parallel)" if cfg.trainer.backend == "megatron" else "") + ")")
 
 
 @check
@@ -107,6 +116,61 @@ def _learning_rates(cfg: DictConfig) -> None:
             bad = "eps" if optim.eps <= 0 else "weight_decay" if optim.weight_decay < 0 else "grad_clip"
             raise ConfigError(f"{key}.{bad}", f"must be {'>= 0' if bad == 'weight_decay' else '> 0'}, "
                               f"got {optim[bad]}")
+
+
+@check
+def _megatron_layout(cfg: DictConfig) -> None:
+    """What can be checked without the model files (heads and layers: check_model_paths)."""
+    _one_of("trainer.backend", cfg.trainer.backend, ["fsdp2", "megatron"])
+    if cfg.trainer.backend != "megatron":
+        return
+    m, key = cfg.actor.megatron, "actor.megatron"
+    _positive(cfg, f"{key}.tensor_model_parallel_size", f"{key}.pipeline_model_parallel_size")
+    tp, pp, world = m.tensor_model_parallel_size, m.pipeline_model_parallel_size, world_size(cfg)
+    if world % (tp * pp):
+        raise ConfigError(f"{key}.tensor_model_parallel_size", f"tensor x pipeline parallel = {tp} x {pp} = {tp * pp} "
+                          f"does not divide the {world} ranks (cluster.nnodes x cluster.devices_per_node)")
+    if m.sequence_parallel and tp == 1:
+        raise ConfigError(f"{key}.sequence_parallel", "sequence parallelism splits the sequence over tensor-parallel "
+                          "ranks: it needs tensor_model_parallel_size > 1")
+    for field in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel"):
+        if cfg.ref.megatron[field] != m[field]:
+            raise ConfigError(f"ref.megatron.{field}", f"{cfg.ref.megatron[field]} differs from actor.megatron.{field}="
+                              f"{m[field]}: the reference shares the actor's processes, so one Megatron layout")
+    if pp > 1:
+        rows = cfg.actor.ppo_mini_batch_size * cfg.rollout.n // dp_world_size(cfg)
+        if rows % min(cfg.actor.micro_batch_size, rows):
+            raise ConfigError("actor.micro_batch_size", f"the pipeline schedule runs equal micro-batches: "
+                              f"{rows} rows per data-parallel group per mini-batch (actor.ppo_mini_batch_size x "
+                              f"rollout.n / {dp_world_size(cfg)} data-parallel groups) do not split into micro-batches "
+                              f"of {cfg.actor.micro_batch_size}")
+
+
+def check_megatron_model(cfg: DictConfig) -> None:
+    """Under backend=megatron: the policy's architecture converts, and its heads and layers split over TP x PP."""
+    if cfg.trainer.backend != "megatron":
+        return
+    from workers.engines.megatron.model import UnsupportedModel, check_convertible
+
+    conf = hf_config("model.path", cfg.model.path)
+    try:
+        check_convertible(conf)
+    except UnsupportedModel as err:
+        raise ConfigError("model.path", f"backend=megatron cannot convert '{cfg.model.path}': {err}") from None
+    m = cfg.actor.megatron
+    tp, pp = m.tensor_model_parallel_size, m.pipeline_model_parallel_size
+    heads = conf["num_attention_heads"]
+    kv_heads = conf.get("num_key_value_heads") or heads
+    if heads % tp:
+        raise ConfigError("actor.megatron.tensor_model_parallel_size",
+                          f"{tp} does not divide the model's {heads} attention heads ({cfg.model.path})")
+    if kv_heads % tp:
+        raise ConfigError("actor.megatron.tensor_model_parallel_size",
+                          f"{tp} does not divide the model's {kv_heads} key/value heads ({cfg.model.path}); "
+                          "GQA keeps whole KV groups on a rank")
+    if conf["num_hidden_layers"] % pp:
+        raise ConfigError("actor.megatron.pipeline_model_parallel_size",
+                          f"{pp} does not divide the model's {conf['num_hidden_layers']} layers ({cfg.model.path})")
 
 
 @check
@@ -185,7 +249,7 @@ def _rm_sizes(cfg: DictConfig) -> None:
     _one_of("rm.optim.schedule", cfg.rm.optim.schedule, ["constant", "cosine"])
     if cfg.rm.micro_batch_size % 2:
         raise ConfigError("rm.micro_batch_size", f"must be even (a pair is 2 rows), got {cfg.rm.micro_batch_size}")
-    world = dp_world_size(cfg)
+    world = world_size(cfg)  # the reward-model trainer is FSDP2 over every rank
     if cfg.rm.batch_size % world:
         raise ConfigError("rm.batch_size", f"{cfg.rm.batch_size} pairs are not divisible by the data-parallel "
                           f"size {world} (cluster.nnodes x cluster.devices_per_node)")
@@ -206,6 +270,7 @@ def check_model_paths(cfg: DictConfig) -> None:
         for i, f in enumerate(cfg.data[key.split(".")[1]]):
             if not Path(f).is_file():
                 raise ConfigError(f"{key}[{i}]", f"file '{f}' does not exist")
+    check_megatron_model(cfg)
     max_pos = hf_config("model.path", cfg.model.path).get("max_position_embeddings")
     total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
     if max_pos is not None and total > max_pos:

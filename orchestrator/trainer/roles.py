@@ -62,13 +62,12 @@ def needs_critic(cfg: DictConfig) -> bool:
 
 def role_specs(cfg: DictConfig, pad_token_id: int) -> dict[str, tuple[type, dict]]:
     """Role name -> (worker class, constructor kwargs) of the training pool, in construction order."""
+    from workers.roles.actor_rollout import ActorRolloutWorker
     from workers.roles.ref import RefWorker
 
-    if cfg.cluster.placement == "split":
-        from workers.roles.split_actor import SplitActorWorker as actor_cls
-    else:
-        from workers.roles.actor_rollout import ActorRolloutWorker as actor_cls
-    specs: dict[str, tuple[type, dict]] = {"actor": (actor_cls, {"cfg": cfg, "pad_token_id": pad_token_id})}
+    colocated = cfg.cluster.placement != "split"  # split: the rollout engines get a pool of their own
+    specs: dict[str, tuple[type, dict]] = {
+        "actor": (ActorRolloutWorker, {"cfg": cfg, "pad_token_id": pad_token_id, "colocated": colocated})}
     if needs_ref(cfg):
         specs["ref"] = (RefWorker, {"cfg": cfg})
     if needs_critic(cfg):

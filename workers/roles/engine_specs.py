@@ -4,13 +4,27 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from workers.engines.base import TrainingEngine
 from workers.engines.fsdp2.engine import FSDPEngine
 from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
 
 
 def role_engine(cfg: DictConfig, device: torch.device, model_path: str, model_kind: str,
-                optim: OptimSpec | None) -> FSDPEngine:
-    """A role's FSDP2 engine from the job config: trained when it gets an optimizer, frozen otherwise."""
+                optim: OptimSpec | None, *, megatron: DictConfig | None = None) -> TrainingEngine:
+    """A role's training engine from the job config: trained when it gets an optimizer, frozen otherwise.
+
+    Causal LMs (policy, reference) run on `trainer.backend`, with the role's `megatron` layout under
+    backend=megatron; value and score heads (critic, reward model) always run on FSDP2.
+    """
+    if cfg.trainer.backend == "megatron" and model_kind == "causal_lm" and megatron is not None:
+        from workers.engines.megatron.engine import MegatronEngine
+        from workers.engines.megatron.spec import MegatronEngineSpec
+
+        spec = MegatronEngineSpec(model_path=model_path, model_kind=model_kind, compute_dtype=cfg.model.dtype,
+                                  tensor_model_parallel_size=megatron.tensor_model_parallel_size,
+                                  pipeline_model_parallel_size=megatron.pipeline_model_parallel_size,
+                                  sequence_parallel=megatron.sequence_parallel)
+        return MegatronEngine(spec, optim, device=device)
     spec = fsdp_spec(model_path, model_kind, cfg.model, seed=cfg.trainer.seed, trainable=optim is not None)
     return FSDPEngine(spec, optim, device=device)
 

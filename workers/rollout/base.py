@@ -50,3 +50,9 @@ class RolloutEngine(Protocol):
     def wake_up(self) -> None: ...
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+
+def scoring_temperature(temperature: float) -> float:
+    """The temperature log-probs are scored at: softmax(logits / T) of the sampling temperature, so the trainer
+    scores exactly the distribution the rollout sampled from; greedy decoding (T = 0) is scored at 1."""
+    return temperature if temperature > 0 else 1.0

@@ -171,18 +171,16 @@ class WorkerGroup:
         ]
         all_ranks = list(range(self.world_size))
         refs = [self.hosts[r].call.remote(self.role, method, a, kw) for r, (a, kw) in zip(all_ranks, per_rank)]
-        # every rank runs (collectives need them all); only collect ranks' outputs are kept
-        collect_refs = [refs[r] for r in collect_ranks]
-        other = [(ref, r) for r, ref in enumerate(refs) if r not in collect_ranks]
 
+        # every rank runs (collectives need them all) and is waited for (a failure anywhere surfaces, and a
+        # death is told apart from the errors it causes in its peers); only collect ranks' outputs are kept
         def collect(results: list[Any]) -> Any:
-            if other:  # wait for the non-collecting ranks too, so failures there are not lost
-                gather([ref for ref, _ in other], [r for _, r in other], self.role, method, self.timeout_s)
-            if all(isinstance(r, Batch) for r in results):
-                return Batch.concat(results).unpad(pad)
-            return results
+            kept = [results[r] for r in collect_ranks]
+            if all(isinstance(r, Batch) for r in kept):
+                return Batch.concat(kept).unpad(pad)
+            return kept
 
-        return PendingCall(collect_refs, collect_ranks, self.role, method, collect, self.timeout_s)
+        return PendingCall(refs, all_ranks, self.role, method, collect, self.timeout_s)
 
     def shutdown(self) -> None:
         for h in self.hosts:

@@ -14,9 +14,11 @@ from torch import Tensor
 from torch.distributed import ProcessGroup
 from transformers import PretrainedConfig
 
+from hybrid_engine import ModuleState, OffloadReport, WeightStream
 from hybrid_engine.names import tied_aliases
 from workers.batch import Batch
 from workers.engines import LossFn
+from workers.engines.base import EngineMesh
 from workers.engines.fsdp2 import checkpoint
 from workers.engines.fsdp2.build import build_mesh, load_hf_model, shard_model
 from workers.engines.fsdp2.collectives import split_micro_batches
@@ -31,7 +33,8 @@ class FSDPEngine:
 
     optim=None makes a frozen engine (ref policy, reward model): no optimizer, every
     parameter has requires_grad=False, and train_mini_batch refuses to run.
-    Attributes: `module` (the FSDP2 root), `optimizer`, `lr_scheduler`, `hf_config`.
+    Implements workers.engines.base.TrainingEngine; roles use nothing else. Attributes for
+    the engine's own tests: `module` (the FSDP2 root), `optimizer`, `lr_scheduler`, `hf_config`.
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class FSDPEngine:
         self.module = shard_model(model, spec, build_mesh(self.device, dp_group), self.device)
         self.optimizer = build_optimizer(self.module.parameters(), optim) if optim is not None else None
         self.lr_scheduler = build_lr_scheduler(self.optimizer, optim) if self.optimizer is not None else None
+        self.state = ModuleState(self.module, self.optimizer, self.device)
+        self.mesh = EngineMesh(dp_rank=dist.get_rank(dp_group), dp_size=self.dp_size)
 
     # --- inference ---------------------------------------------------------------------
 
@@ -128,6 +133,24 @@ class FSDPEngine:
             dp_size=self.dp_size,
             device=self.device,
         )
+
+    # --- hybrid engine: offload and weight export --------------------------------------
+
+    def offload_params(self) -> OffloadReport:
+        return self.state.offload_params()
+
+    def reload_params(self) -> OffloadReport:
+        return self.state.reload_params()
+
+    def offload_optimizer(self) -> OffloadReport:
+        return self.state.offload_optimizer()
+
+    def reload_optimizer(self) -> OffloadReport:
+        return self.state.reload_optimizer()
+
+    def export_weights(self, *, dtype: torch.dtype, bucket_bytes: int, consumer: bool) -> WeightStream:
+        """HF-named full tensors, bucket by bucket (collective: every rank iterates to the end)."""
+        return self.state.export_weights(dtype=dtype, bucket_bytes=bucket_bytes, consumer=consumer)
 
     # --- checkpoints -------------------------------------------------------------------
 

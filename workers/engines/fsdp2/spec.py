@@ -7,28 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from workers.dtypes import to_dtype
 
 # causal_lm: actor / ref / SFT (AutoModelForCausalLM) -> log-probs, entropy
 # value:     critic (AutoModelForTokenClassification, num_labels=1) -> per-token values
 # reward:    reward model (AutoModelForSequenceClassification, num_labels=1) -> one score per row
 MODEL_KINDS: tuple[str, ...] = ("causal_lm", "value", "reward")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def to_dtype(name: str) -> torch.dtype:
-    """The torch dtype for a config string; unknown names fail with the known list."""
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(_DTYPES)}") from None
-
-
 @dataclass(frozen=True)
 class FSDPEngineSpec:
     """How to load, shard and run one model.

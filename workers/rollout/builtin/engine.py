@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import torch
 
 from workers.batch import Batch
+from workers.dtypes import to_dtype
 from workers.rollout.layout import rollout_output
 from workers.rollout.base import SamplingParams
 from workers.rollout.builtin.cpu_kernels import SLOT_BLOCK, FusedCpuDecoder
@@ -24,15 +25,9 @@ from workers.rollout.builtin.spec import spec_from_hf_config
 from workers.rollout.builtin.stats import rollout_stats
 from workers.rollout.builtin.weights import WeightLoader
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"builtin rollout: dtype={dtype!r} not in {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
+    return dtype if isinstance(dtype, torch.dtype) else to_dtype(dtype)
 
 
 class BuiltinRolloutEngine:
