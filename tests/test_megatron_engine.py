@@ -82,11 +82,13 @@ def test_qkv_rows_are_grouped_by_kv_head():
 
 
 def _megatron(path: str, tp: int, pp: int, trained: bool = True):
+    """tp < 0 means |tp| with sequence parallelism."""
     from workers.engines.megatron.engine import MegatronEngine
     from workers.engines.megatron.spec import MegatronEngineSpec
 
     spec = MegatronEngineSpec(model_path=path, model_kind="causal_lm", compute_dtype="float32",
-                              tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=False)
+                              tensor_model_parallel_size=abs(tp), pipeline_model_parallel_size=pp,
+                              sequence_parallel=tp < 0)
     return MegatronEngine(spec, optim_spec(lr=STEP_LR) if trained else None, device=CPU)
 
 
@@ -185,7 +187,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (-2, 1)], ids=["tp2", "pp2", "tp2-sequence-parallel"])
 def test_megatron_layout_matches_hf_and_fsdp2(tmp_path, tp, pp):
     path = str(tmp_path / "tiny-qwen2")
     make_tiny_qwen2(path)
