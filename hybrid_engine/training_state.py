@@ -30,13 +30,10 @@ class TrainingState(Protocol):
         ...
 
 
-class ModuleState:
-    """A module (plain or FSDP2) and its optimizer (or None) as a TrainingState."""
+class OffloadsWithOffloader:
+    """The four offload calls of a TrainingState, served by `self.offloader` (a TrainingStateOffloader)."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device,
-                 offloader: TrainingStateOffloader | None = None) -> None:
-        self.module = module
-        self.offloader = offloader or TrainingStateOffloader.for_device(module, optimizer, device)
+    offloader: TrainingStateOffloader
 
     def offload_params(self) -> OffloadReport:
         return self.offloader.offload_params()
@@ -49,6 +46,14 @@ class ModuleState:
 
     def reload_optimizer(self) -> OffloadReport:
         return self.offloader.reload_optimizer()
+
+
+class ModuleState(OffloadsWithOffloader):
+    """A module (plain or FSDP2) and its optimizer (or None) as a TrainingState."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> None:
+        self.module = module
+        self.offloader = TrainingStateOffloader.for_device(module, optimizer, device)
 
     def export_weights(self, *, dtype: torch.dtype, bucket_bytes: int, consumer: bool) -> WeightStream:
         return WeightStream(self.module, bucket_bytes=bucket_bytes, dtype=dtype, consumer=consumer)

@@ -14,7 +14,8 @@ from torch import Tensor
 from torch.distributed import ProcessGroup
 from transformers import PretrainedConfig
 
-from hybrid_engine import ModuleState, OffloadReport, WeightStream
+from hybrid_engine import TrainingStateOffloader, WeightStream
+from hybrid_engine.training_state import OffloadsWithOffloader
 from hybrid_engine.names import tied_aliases
 from workers.batch import Batch
 from workers.engines import LossFn
@@ -28,7 +29,7 @@ from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
 from workers.engines.fsdp2.train_step import train_mini_batch
 
 
-class FSDPEngine:
+class FSDPEngine(OffloadsWithOffloader):
     """An HF model sharded with FSDP2, plus (if `optim` is given) AdamW and its LR schedule.
 
     optim=None makes a frozen engine (ref policy, reward model): no optimizer, every
@@ -59,7 +60,7 @@ class FSDPEngine:
         self.module = shard_model(model, spec, build_mesh(self.device, dp_group), self.device)
         self.optimizer = build_optimizer(self.module.parameters(), optim) if optim is not None else None
         self.lr_scheduler = build_lr_scheduler(self.optimizer, optim) if self.optimizer is not None else None
-        self.state = ModuleState(self.module, self.optimizer, self.device)
+        self.offloader = TrainingStateOffloader.for_device(self.module, self.optimizer, self.device)
         self.mesh = EngineMesh(dp_rank=dist.get_rank(dp_group), dp_size=self.dp_size)
 
     # --- inference ---------------------------------------------------------------------
@@ -134,23 +135,11 @@ class FSDPEngine:
             device=self.device,
         )
 
-    # --- hybrid engine: offload and weight export --------------------------------------
-
-    def offload_params(self) -> OffloadReport:
-        return self.state.offload_params()
-
-    def reload_params(self) -> OffloadReport:
-        return self.state.reload_params()
-
-    def offload_optimizer(self) -> OffloadReport:
-        return self.state.offload_optimizer()
-
-    def reload_optimizer(self) -> OffloadReport:
-        return self.state.reload_optimizer()
+    # --- hybrid engine: offload (OffloadsWithOffloader) and weight export ----------------
 
     def export_weights(self, *, dtype: torch.dtype, bucket_bytes: int, consumer: bool) -> WeightStream:
         """HF-named full tensors, bucket by bucket (collective: every rank iterates to the end)."""
-        return self.state.export_weights(dtype=dtype, bucket_bytes=bucket_bytes, consumer=consumer)
+        return WeightStream(self.module, bucket_bytes=bucket_bytes, dtype=dtype, consumer=consumer)
 
     # --- checkpoints -------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from hybrid_engine.offload import OffloadReport, TrainingStateOffloader
+from hybrid_engine.offload import TrainingStateOffloader
+from hybrid_engine.training_state import OffloadsWithOffloader
 from hybrid_engine.weight_stream import Bucket
 from workers.batch import Batch
 from workers.engines import LossFn, LossNorm
@@ -51,7 +52,7 @@ def ensure_model_parallel(tp: int, pp: int) -> None:
     ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
 
 
-class MegatronEngine:
+class MegatronEngine(OffloadsWithOffloader):
     def __init__(self, spec: MegatronEngineSpec, optim: OptimSpec | None, *, device: torch.device) -> None:
         if not dist.is_initialized():
             raise RuntimeError("MegatronEngine needs torch.distributed initialised by the worker runtime")
@@ -215,19 +216,7 @@ class MegatronEngine:
             result["loss"] = values[-1]
         return result
 
-    # --- hybrid engine: offload and weight export --------------------------------------------
-
-    def offload_params(self) -> OffloadReport:
-        return self.offloader.offload_params()
-
-    def reload_params(self) -> OffloadReport:
-        return self.offloader.reload_params()
-
-    def offload_optimizer(self) -> OffloadReport:
-        return self.offloader.offload_optimizer()
-
-    def reload_optimizer(self) -> OffloadReport:
-        return self.offloader.reload_optimizer()
+    # --- hybrid engine: offload (OffloadsWithOffloader) and weight export --------------------
 
     def export_weights(self, *, dtype: torch.dtype, bucket_bytes: int, consumer: bool) -> Iterable[Bucket]:
         return MegatronWeightExport(self.module, self.shape, self.groups, dtype=dtype, bucket_bytes=bucket_bytes,
