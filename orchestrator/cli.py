@@ -6,6 +6,7 @@ import sys
 from omegaconf import OmegaConf
 
 from orchestrator.config import ConfigError, compose_config, list_groups, validate_config
+from orchestrator.config.load import missing_values
 from orchestrator.run_errors import RunEnded
 
 USAGE = """usage: baton <command> [options] [key=value ...]
@@ -45,11 +46,17 @@ def _config(command: str, argv: list[str]):
             raise SystemExit("baton: only `--cfg job` is supported")
         print_only = True
         argv = argv[:i] + argv[i + 2:]
-    cfg = compose_config(argv)
-    validate_config(cfg, check_files=False)
     if print_only:
+        cfg = compose_config(argv, allow_missing=True)
+        missing = missing_values(cfg)
+        if missing:  # what a person still has to pass; the rest is printed as it would run
+            print(f"# required, not set yet: {', '.join(missing)}")
+        else:
+            validate_config(cfg, check_files=False)
         print(OmegaConf.to_yaml(cfg), end="")
         return None
+    cfg = compose_config(argv)
+    validate_config(cfg, check_files=False)
     return cfg
 
 

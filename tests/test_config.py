@@ -87,3 +87,23 @@ def test_cli_prints_composed_config_and_lists_groups():
     assert "adv_estimator: grpo" in res.stdout and "use_kl_loss: true" in res.stdout
     res = _baton("train", "--help")
     assert "algorithm: cispo, dapo, drgrpo, grpo" in res.stdout and "rollout: builtin, vllm" in res.stdout
+
+
+def test_gpu_profile_prints_without_a_model_path_and_ignores_nothing():
+    res = _baton("train", "--cfg", "job", "model=hf", "cluster=gpu", "rollout=vllm")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("# required, not set yet: model.path\n")
+    for line in ("kv_cache_bytes: 0", "enforce_eager: false", "sleep_level: 2", "dtype: bfloat16",
+                 "object_store_bytes: 0", "local_num_cpus: 0", "micro_batch_size: 4"):
+        assert f"  {line}\n" in res.stdout, line
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["actor.megatron.tensor_model_parallel_size=2"], "actor.megatron"),  # fsdp2 would ignore it
+    (["cluster.address=auto", "cluster.local_num_cpus=0"], "cluster.object_store_bytes"),  # a joined cluster's own
+    (["cluster.local_num_cpus=0"], "cluster.local_num_cpus"),
+])
+def test_options_that_would_be_ignored_are_rejected(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_config(overrides), check_files=False)
+    assert err.value.key == key

@@ -51,3 +51,33 @@ def test_readme_smoke_command_on_the_shipped_warm_start_and_on_a_checkpoint_bato
         records = [r for r in read_metrics_jsonl(run / "metrics.jsonl") if "timing_s/step" in r]
         assert [r["step"] for r in records] == [1, 2] and summary["status"] == "completed"
         assert all(r["sync/logprob_max_abs_diff"] < 1e-4 for r in records)
+
+
+def test_bf16_trainer_with_fp32_vllm_rollout_is_corrected_not_stopped(ray_cluster, tmp_path):
+    """Two engines in different dtypes never agree exactly: 12 steps with the alarm armed every step must not
+    stop; the gap and the truncated-IS weights are logged each step."""
+    model = tiny_model(tmp_path / "model")
+    overrides = fast_overrides(model, tmp_path, steps=12) + [
+        "rollout=vllm", "rollout.vllm.kv_cache_bytes=33554432", "model.dtype=bfloat16", "rollout.dtype=float32",
+        "algorithm.rollout_correction.mode=tis", "trainer.save_every=0"]
+    summary = train(validate_config(compose_config(["algorithm=grpo", *overrides]), check_files=True))
+    records = [r for r in read_metrics_jsonl(tmp_path / "run" / "metrics.jsonl") if "timing_s/step" in r]
+    assert [r["step"] for r in records] == list(range(1, 13)) and summary["status"] == "completed"
+    gaps = [r["sync/logprob_mean_abs_diff"] for r in records]
+    assert all(1e-4 < g < 0.1 for g in gaps), gaps  # a real bf16/fp32 gap, under the low-precision alarm
+    for r in records:
+        assert r["sync/kl_k3"] >= 0 and r["sync/logprob_p99_abs_diff"] <= r["sync/logprob_max_abs_diff"]
+        assert r["rollout_correction/is_weight_mean"] > 0 and 0 <= r["rollout_correction/truncated_frac"] <= 1
+
+
+def test_vllm_top_p_runs_with_rollout_correction_and_a_warning(ray_cluster, tmp_path):
+    model = tiny_model(tmp_path / "model")
+    overrides = fast_overrides(model, tmp_path, steps=2) + [
+        "rollout=vllm", "rollout.vllm.kv_cache_bytes=33554432", "rollout.top_p=0.9",
+        "algorithm.rollout_correction.mode=mask", "algorithm.rollout_correction.is_threshold=5.0"]
+    with pytest.warns(UserWarning, match="truncated, renormalised distribution.*mode=mask reweights for the gap"):
+        cfg = validate_config(compose_config(["algorithm=grpo", *overrides]), check_files=True)
+    summary = train(cfg)
+    records = [r for r in read_metrics_jsonl(tmp_path / "run" / "metrics.jsonl") if "timing_s/step" in r]
+    assert summary["status"] == "completed" and all(r["rollout/log_probs_truncated"] == 1.0 for r in records)
+    assert all("rollout_correction/masked_frac" in r for r in records)

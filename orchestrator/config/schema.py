@@ -198,6 +198,13 @@ class DynamicSamplingConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    mode: str = MISSING  # none | tis (truncated IS) | mask (rejection) | bypass (rollout log-probs as old log-probs)
+    is_level: str = MISSING  # token | sequence
+    is_threshold: float = MISSING  # tis: weights truncated at it; mask: weights outside [1/t, t] dropped
+
+
+@dataclass
 class AlgorithmConfig:
     name: str = MISSING
     adv_estimator: str = MISSING  # registry key of orchestrator.advantages
@@ -210,6 +217,7 @@ class AlgorithmConfig:
     kl_penalty: str = MISSING
     kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
 
 
 @dataclass
@@ -219,8 +227,8 @@ class ClusterConfig:
     devices_per_node: int = MISSING  # GPUs per node, or CPU worker slots when use_gpu is false
     use_gpu: bool = MISSING
     cpus_per_worker: float = MISSING
-    local_num_cpus: int = MISSING  # logical CPUs of a local cluster
-    object_store_bytes: int = MISSING
+    local_num_cpus: int = MISSING  # logical CPUs of a local cluster (0 when joining one)
+    object_store_bytes: int = MISSING  # object store of a local cluster (0 when joining one: `ray start` sizes it)
     placement: str = MISSING  # colocated (rollout in the actor's processes) | split (rollout in a pool of its own)
     rollout_devices_per_node: int = MISSING  # split placement: rollout pool size per node, besides devices_per_node
     rpc_timeout_s: float = MISSING  # bound on every remote call
@@ -232,8 +240,9 @@ class HybridConfig:
     bucket_bytes: int = MISSING  # weight-sync bucket size
     offload_params: bool = MISSING
     offload_optimizer: bool = MISSING
-    verify_every: int = MISSING  # post-sync log-prob check every N steps (0: off)
-    verify_atol: float = MISSING
+    verify_every: int = MISSING  # corruption alarm on the step's own batch every N steps (0: off; the gap is always logged)
+    verify_tolerance_fp32: float = MISSING  # alarm when the mean |log-prob gap| exceeds this, trainer and rollout fp32
+    verify_tolerance_low_precision: float = MISSING  # ... when either computes in bf16/fp16
 
 
 @dataclass

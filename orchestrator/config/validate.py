@@ -5,6 +5,7 @@ All run on the driver before Ray starts, and each failure names the full key pat
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -123,6 +124,10 @@ def _megatron_layout(cfg: DictConfig) -> None:
     """What can be checked without the model files (heads and layers: check_model_paths)."""
     _one_of("trainer.backend", cfg.trainer.backend, ["fsdp2", "megatron"])
     if cfg.trainer.backend != "megatron":
+        m = cfg.actor.megatron
+        if (m.tensor_model_parallel_size, m.pipeline_model_parallel_size, m.sequence_parallel) != (1, 1, False):
+            raise ConfigError("actor.megatron", f"a Megatron layout is set but trainer.backend={cfg.trainer.backend} "
+                              "would ignore it: add backend=megatron")
         return
     m, key = cfg.actor.megatron, "actor.megatron"
     _positive(cfg, f"{key}.tensor_model_parallel_size", f"{key}.pipeline_model_parallel_size")
@@ -174,8 +179,40 @@ def check_megatron_model(cfg: DictConfig) -> None:
 
 
 @check
+def _rollout_correction(cfg: DictConfig) -> None:
+    from orchestrator.rollout_correction import LEVELS, MODES
+
+    rc, key = cfg.algorithm.rollout_correction, "algorithm.rollout_correction"
+    _one_of(f"{key}.mode", rc.mode, MODES)
+    _one_of(f"{key}.is_level", rc.is_level, LEVELS)
+    if not rc.is_threshold > 1.0:
+        raise ConfigError(f"{key}.is_threshold", f"must be > 1 (weights are truncated at it, or kept within "
+                          f"[1/t, t]), got {rc.is_threshold}")
+    for k in ("verify_tolerance_fp32", "verify_tolerance_low_precision"):
+        if not cfg.hybrid[k] > 0:
+            raise ConfigError(f"hybrid.{k}", f"must be > 0, got {cfg.hybrid[k]}")
+    r = cfg.rollout
+    if r.name == "vllm" and (r.top_p < 1.0 or r.top_k > 0) and r.temperature > 0:
+        warnings.warn(
+            f"rollout=vllm with rollout.top_p={r.top_p} / rollout.top_k={r.top_k}: vLLM returns the log-probs of the "
+            "truncated, renormalised distribution it sampled from, not of softmax(logits / T); the trainer's "
+            "log-probs are of the full distribution, so the two differ by design. The corruption alarm is off for "
+            f"such rollouts; algorithm.rollout_correction.mode={rc.mode} "
+            + ("reweights for the gap." if rc.mode in ("tis", "mask") else "does not correct for it (use tis or mask)."),
+            stacklevel=2)
+
+
+@check
 def _placement(cfg: DictConfig) -> None:
     c = cfg.cluster
+    if c.address:
+        for key in ("local_num_cpus", "object_store_bytes"):
+            if c[key]:
+                raise ConfigError(f"cluster.{key}", f"applies to a local cluster only; cluster.address={c.address!r} "
+                                  "joins one whose resources `ray start` set: use 0")
+    elif c.local_num_cpus < 1 or c.object_store_bytes < 1:
+        key = "local_num_cpus" if c.local_num_cpus < 1 else "object_store_bytes"
+        raise ConfigError(f"cluster.{key}", f"a local cluster (cluster.address=null) needs it > 0, got {c[key]}")
     if c.placement == "split" and c.rollout_devices_per_node < 1:
         raise ConfigError("cluster.rollout_devices_per_node",
                           f"cluster.placement=split runs rollout in a pool of its own: needs >= 1 rollout "

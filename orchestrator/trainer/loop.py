@@ -1,6 +1,6 @@
 """The RL loop. `step` reads as the dataflow diagram in shared/ARCHITECTURE.md:
 
-generate (+ rewards) -> old log-probs -> ref log-probs -> values -> advantages
+generate (+ rewards) -> old log-probs -> ref log-probs -> values -> advantages (+ rollout correction)
 -> critic update -> actor update -> weight sync
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from orchestrator.advantages.registry import get_advantage_estimator
+from orchestrator import rollout_correction
 from orchestrator.kl_control import make_kl_controller
 from orchestrator.tracking import Tracker, TrainingProgress, phase_timer, throughput
 from orchestrator.trainer import checkpointing, stages
@@ -132,6 +133,22 @@ class RLTrainer:
             if isinstance(v, (int, float)):
                 metrics[f"rollout/{k}"] = float(v)
 
+    def old_log_probs(self, batch: Batch, m: dict[str, float]) -> Batch:
+        """pi_old of the sampled tokens, recomputed by the training engine; the gap to the rollout's log-probs is
+        logged and checked. With rollout_correction.mode=bypass the rollout's log-probs are pi_old and the
+        recompute runs only on verify steps (hybrid.verify_every), for the gap and the corruption alarm."""
+        bypass = self.cfg.algorithm.rollout_correction.mode == "bypass"
+        every = self.cfg.hybrid.verify_every
+        if bypass and not (every and self.step % every == 0):
+            batch["old_log_probs"] = batch["rollout_log_probs"]
+            return batch
+        with phase_timer("old_log_prob", m):
+            batch = batch.union(self.actor.compute_log_prob(batch))
+        check_rollout_matches_trainer(batch, self.cfg, self.step, m, self.roles)
+        if bypass:
+            batch["old_log_probs"] = batch["rollout_log_probs"]
+        return batch
+
     # --- one step -------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
@@ -139,9 +156,7 @@ class RLTrainer:
         with phase_timer("generate", m):
             batch = self.generate(m)
         tokens = float(batch["response_mask"].sum())
-        with phase_timer("old_log_prob", m):
-            batch = batch.union(self.actor.compute_log_prob(batch))
-        check_rollout_matches_trainer(batch, self.cfg, self.step, m, self.roles)
+        batch = self.old_log_probs(batch, m)
         if self.ref is not None:
             with phase_timer("ref", m):
                 batch = batch.union(self.ref.compute_ref_log_prob(batch))
@@ -151,7 +166,9 @@ class RLTrainer:
         with phase_timer("advantage", m):
             batch, kl_metrics = stages.token_level_rewards(batch, self.cfg, self.kl_ctrl)
             batch = stages.advantages(batch, self.cfg)
+            batch, correction_metrics = rollout_correction.correct(batch, self.cfg.algorithm.rollout_correction)
         m.update(kl_metrics)
+        m.update(correction_metrics)
         if self.critic is not None:
             with phase_timer("update_critic", m):
                 m.update(mean_metrics(self.critic.update_critic(batch)))

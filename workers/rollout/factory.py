@@ -22,5 +22,6 @@ def build_rollout(rollout_cfg: DictConfig, model_path: str, *, device: torch.dev
         return VLLMRolloutEngine(
             model_path, dtype=rollout_cfg.dtype, max_model_len=max_seq_len, kv_cache_bytes=v.kv_cache_bytes,
             gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager, seed=seed,
-            pad_token_id=pad_token_id, sleep_level=v.sleep_level, tensor_parallel_size=1)
+            pad_token_id=pad_token_id, sleep_level=v.sleep_level, tensor_parallel_size=1,
+            max_num_seqs=rollout_cfg.max_batch_size)
     raise ValueError(f"rollout.name: unknown engine '{rollout_cfg.name}' (builtin | vllm)")

@@ -130,6 +130,7 @@ class VLLMRolloutEngine:
         pad_token_id: int,
         sleep_level: int,
         tensor_parallel_size: int,
+        max_num_seqs: int | None = None,
     ) -> None:
         """model_path: local HF directory (config.json, *.safetensors and the tokenizer files, which vLLM
         loads at start-up even though generation is ids in, ids out; `skip_tokenizer_init` logs a traceback).
@@ -137,6 +138,7 @@ class VLLMRolloutEngine:
         kv_cache_bytes: KV cache size; 0 or None lets vLLM size it from gpu_memory_utilization
         (on CPU the env var VLLM_CPU_KVCACHE_SPACE, in GiB, overrides both).
         sleep_level: 0 never sleeps in vLLM; 1 or 2 as in `LLM.sleep` where the platform supports it.
+        max_num_seqs: sequences vLLM decodes at once (rollout.max_batch_size); None keeps vLLM's default.
         tensor_parallel_size > 1 uses vLLM's "external_launcher" backend: the caller must be one rank of
         an initialised torch.distributed group of that size (untested on CPU).
         """
@@ -169,6 +171,7 @@ class VLLMRolloutEngine:
                 enable_sleep_mode=self.sleep_mode,
                 logprobs_mode=LOGPROBS_MODE,
                 generation_config="vllm",
+                **({"max_num_seqs": int(max_num_seqs)} if max_num_seqs else {}),
             )
         self.llm = WorldScoped(llm) if tensor_parallel_size == 1 else llm
         self.startup_seconds = time.perf_counter() - start

@@ -46,7 +46,7 @@ def train_mini_batch(
     dp_size: int,
     device: torch.device,
 ) -> dict[str, float]:
-    """Zero grads, accumulate over micro-batches, clip by the global norm, step optimizer and LR.
+    """Accumulate over micro-batches, clip by the global norm, step optimizer and LR, free the grads.
 
     Returns, identical on every rank: `loss` (the global mini-batch loss: all contributions
     summed), the loss_fn metrics averaged over micro-batches and ranks, `grad_norm` (before
@@ -77,8 +77,8 @@ def train_mini_batch(
         if grad_clip is not None:
             clip_grads_(params, grad_clip, grad_norm)
         optimizer.step()
-    else:
-        optimizer.zero_grad(set_to_none=True)
+    # freed now, not at the next step: an offload between steps then has no fp32 grads to move
+    optimizer.zero_grad(set_to_none=True)
     scheduler.step()
 
     keys = sorted(metric_sums)
