@@ -127,8 +127,17 @@ def full_params(engine) -> dict[str, torch.Tensor]:
     return {n: p.full_tensor().detach().clone() for n, p in engine.module.named_parameters()}
 
 
-def full_grads(engine) -> dict[str, torch.Tensor]:
-    return {n: p.grad.full_tensor().clone() for n, p in engine.module.named_parameters()}
+def capture_grads(engine) -> dict[str, torch.Tensor]:
+    """The (clipped) gradients each optimizer step applies, kept from a step pre-hook: the engine frees them
+    right after the step."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(optimizer, args, kwargs) -> None:
+        seen.clear()
+        seen.update({n: p.grad.full_tensor().clone() for n, p in engine.module.named_parameters()})
+
+    engine.optimizer.register_step_pre_hook(keep)
+    return seen
 
 
 def assert_close_dicts(a: dict, b: dict, atol: float, rtol: float = 0.0) -> None:
@@ -220,10 +229,12 @@ def check_training(rank: int, path: str, tmp: str) -> None:
     b = FSDPEngine(
         engine_spec(path, "causal_lm", activation_checkpointing=True, cpu_offload=True), optim_spec(), device=CPU
     )
+    seen_a, seen_b = capture_grads(a), capture_grads(b)
     ma = a.train_mini_batch(mine, sft_loss, micro_batch_size=1, **kw)
     mb = b.train_mini_batch(mine, sft_loss, micro_batch_size=4, **kw)
-    grads_a = full_grads(a)
-    assert_close_dicts(grads_a, full_grads(b), atol=1e-6, rtol=1e-5)
+    grads_a = dict(seen_a)
+    assert_close_dicts(grads_a, seen_b, atol=1e-6, rtol=1e-5)
+    assert all(p.grad is None for p in a.module.parameters())  # freed right after the step
     assert_close_dicts(full_params(a), full_params(b), atol=1e-5, rtol=1e-4)  # Adam amplifies ~1e-9 grad noise
     assert abs(ma["loss"] - mb["loss"]) < 1e-6 and abs(ma["grad_norm"] - mb["grad_norm"]) < 1e-5
     assert ma["grad_norm"] > 1.0  # so the clip below is active
@@ -231,9 +242,10 @@ def check_training(rank: int, path: str, tmp: str) -> None:
     assert abs(clipped - 1.0) < 1e-4
     if rank == 0:  # all 8 rows on one rank, uneven micro-batches (3, 3, 2): same loss, norm and grads
         c = FSDPEngine(engine_spec(path, "causal_lm"), optim_spec(), device=CPU, dp_group=solo)
+        seen_c = capture_grads(c)
         mc = c.train_mini_batch(batch, sft_loss, micro_batch_size=3, **kw)
         assert abs(ma["loss"] - mc["loss"]) < 1e-6 and abs(ma["grad_norm"] - mc["grad_norm"]) < 1e-5
-        assert_close_dicts(grads_a, full_grads(c), atol=1e-6, rtol=1e-5)
+        assert_close_dicts(grads_a, seen_c, atol=1e-6, rtol=1e-5)
     dist.barrier()
 
     before = full_params(b)  # a non-finite gradient norm skips the update but not the LR schedule

@@ -7,12 +7,14 @@ positions are projected to the vocabulary, and the very last one is dropped.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.batch import Batch
+from workers.engines.chunked_logprobs import chunked_log_probs
 
 MODEL_INPUT_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids")
+# Positions scored in fp32 at once (workers/engines/chunked_logprobs.py): 1,024 x 151,936 vocab x 4 B = 0.6 GB.
+LOGPROB_CHUNK_POSITIONS = 1024
 
 
 def check_layout(batch: Batch) -> None:
@@ -27,31 +29,18 @@ def _inputs(batch: Batch, device: torch.device) -> dict[str, Tensor]:
     return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUT_KEYS}
 
 
-def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """log softmax(logits)[token] per position, via cross-entropy (no [b, R, V] log-prob tensor kept)."""
-    flat = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none")
-    return -flat.view(tokens.shape)
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """H = logsumexp(l) - sum softmax(l) * l, for finite logits (model outputs always are)."""
-    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
-
-
 def causal_lm_forward(
-    module: nn.Module, batch: Batch, device: torch.device, *, temperature: float, with_entropy: bool
+    module: nn.Module, batch: Batch, device: torch.device, *, temperature: float, with_entropy: bool,
+    chunk_positions: int = LOGPROB_CHUNK_POSITIONS,
 ) -> dict[str, Tensor]:
-    """log_probs [b, R] (and entropy [b, R]) in float32 from logits / temperature."""
+    """log_probs [b, R] (and entropy [b, R]) in float32 from logits / temperature, chunk by chunk."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (greedy rollouts score with 1.0), got {temperature}")
     responses = batch["responses"].to(device, non_blocking=True)
     r = responses.shape[1]
     out = module(**_inputs(batch, device), use_cache=False, logits_to_keep=r + 1)
-    logits = out.logits[:, :-1, :].float() / temperature
-    result = {"log_probs": token_log_probs(logits, responses)}
-    if with_entropy:
-        result["entropy"] = entropy_from_logits(logits)
-    return result
+    return chunked_log_probs(out.logits[:, :-1, :], responses, temperature=temperature, with_entropy=with_entropy,
+                             chunk_positions=chunk_positions)
 
 
 def value_forward(module: nn.Module, batch: Batch, device: torch.device) -> dict[str, Tensor]:
