@@ -21,7 +21,7 @@ from orchestrator.config.model_files import check_model_dir, hf_config
 from orchestrator.entry import start_ray, tokenizer_for
 from orchestrator.trainer.data import PromptStream
 from orchestrator.trainer.pair_data import load_pairs, pair_batch, split_held_out, tokenize_pairs
-from workers.engines.fsdp2.checkpoint import OPTIMIZER_FILE, SCHEDULER_FILE
+from workers.engines.fsdp2.checkpoint import OPTIMIZER_DIR, SCHEDULER_FILE
 from workers.runtime import ResourcePool, WorkerGroup, spawn_colocated
 
 EVAL_FILE = "rm_eval.json"  # written next to the weights: held-out accuracy before/after, sizes, time
@@ -88,8 +88,8 @@ def train_reward_model(cfg: DictConfig) -> dict[str, Any]:
 
 def _finish(tmp: Path, target: Path, tokenizer: Any, result: dict[str, Any]) -> None:
     """A model directory, not a resumable run: drop optimizer state, add the tokenizer, then swap in."""
-    for name in (OPTIMIZER_FILE, SCHEDULER_FILE):
-        (tmp / name).unlink(missing_ok=True)
+    shutil.rmtree(tmp / OPTIMIZER_DIR, ignore_errors=True)
+    (tmp / SCHEDULER_FILE).unlink(missing_ok=True)
     tokenizer.save_pretrained(tmp)
     (tmp / EVAL_FILE).write_text(json.dumps(result, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)

@@ -282,7 +282,7 @@ def check_training(rank: int, path: str, tmp: str) -> None:
     ref.load_checkpoint(ckpt)  # weights only
     lp = gather_rows(ref.compute_log_probs(mine, temperature=1.0, micro_batch_size=4, with_entropy=False)["log_probs"])
     if rank == 0:
-        assert sorted(os.listdir(ckpt)) == ["config.json", "lr_scheduler.pt", "model.safetensors", "optimizer.pt"]
+        assert sorted(os.listdir(ckpt)) == ["config.json", "lr_scheduler.pt", "model.safetensors", "optimizer_dcp"]
         hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
         assert torch.equal(hf.lm_head.weight, hf.model.embed_tokens.weight)
         ref_lp, _ = hf_reference(ckpt, batch, 1.0)

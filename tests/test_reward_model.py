@@ -55,7 +55,7 @@ def test_checkpoint_is_an_hf_sequence_classifier_written_atomically(trained_rm):
     root, _, _ = trained_rm
     ckpt = root / "rm"
     assert not list(root.glob(".rm*"))  # no tmp dir left beside it
-    assert not (ckpt / "optimizer.pt").exists()
+    assert not (ckpt / "optimizer_dcp").exists() and not (ckpt / "lr_scheduler.pt").exists()
     hf = AutoModelForSequenceClassification.from_pretrained(ckpt)  # no missing / newly initialised weights
     assert type(hf).__name__ == "Qwen2ForSequenceClassification" and hf.config.num_labels == 1
     assert json.loads((ckpt / "config.json").read_text())["architectures"] == ["Qwen2ForSequenceClassification"]

@@ -33,7 +33,9 @@ def _fake_sft_output(cfg, tmp_path: Path) -> Path:
     dst.mkdir(parents=True)
     for item in src.iterdir():
         dst.joinpath(item.name).write_bytes(item.read_bytes())
-    (dst / "optimizer.pt").write_bytes(b"training state")  # `baton sft` leaves it; a warm start must not ship it
+    (dst / "lr_scheduler.pt").write_bytes(b"training state")  # `baton sft` leaves these; a warm start must not ship them
+    (dst / "optimizer_dcp").mkdir()
+    (dst / "optimizer_dcp" / "__0_0.distcp").write_bytes(b"optimizer shard")
     warm_start.write_recipe(dst, cfg)
     return dst
 
@@ -55,7 +57,7 @@ def test_ship_then_install_round_trips_weights_through_bf16(tmp_path, shipped_ro
     stored = load_file(shipped / "model.safetensors")
     assert {v.dtype for v in stored.values()} == {torch.bfloat16}
     assert json.loads((shipped / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    assert not (shipped / "optimizer.pt").exists()
+    assert not (shipped / "lr_scheduler.pt").exists() and not (shipped / "optimizer_dcp").exists()
 
     shutil.rmtree(made)
     assert warm_start.install_shipped(cfg)

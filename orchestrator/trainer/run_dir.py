@@ -23,8 +23,8 @@ def holds_a_run(path: Path) -> bool:
 
 
 def claim_run_dir(cfg: DictConfig) -> Path:
-    """The directory this run writes to (also set as cfg.trainer.output_dir); created, never shared."""
-    wanted = Path(cfg.trainer.output_dir)
+    """The directory this run writes to, absolute (also set as cfg.trainer.output_dir); created, never shared."""
+    wanted = Path(cfg.trainer.output_dir).absolute()  # every node and every worker must agree on the same path
     chosen = wanted
     if not cfg.trainer.resume:
         n = 1

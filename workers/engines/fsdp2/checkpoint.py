@@ -1,10 +1,12 @@
 """Save/load an engine's model (HF format), optimizer state and LR-scheduler state.
 
 The model is written as a plain HF directory (config.json + model.safetensors) so a
-checkpoint is also a model: rollout engines, evaluation and `from_pretrained` read it as is.
-Full (unsharded) state dicts are gathered to global rank 0, which alone touches the disk;
-on load rank 0 reads and broadcasts, so only rank 0 needs to see the directory. The
-caller owns directory naming and atomic renames.
+checkpoint is also a model: rollout engines, evaluation and `from_pretrained` read it as is;
+its full weights are gathered to global rank 0, which writes them, and on load rank 0 reads
+and broadcasts them. The optimizer state, the largest part (two fp32 moments per weight), is
+never gathered: torch DCP writes each rank's shards in parallel (`optimizer_dcp/`) and each
+rank reads its own back, so that directory must be one every rank sees (a shared path on a
+multi-node cluster). The caller owns directory naming and atomic renames.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed import ProcessGroup
@@ -28,7 +31,7 @@ from transformers import PretrainedConfig
 from hybrid_engine.names import tied_aliases
 
 MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
+OPTIMIZER_DIR = "optimizer_dcp"  # torch DCP: each rank writes its own shard of the optimizer state
 SCHEDULER_FILE = "lr_scheduler.pt"
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -76,17 +79,18 @@ def save_checkpoint(
     hf_config: PretrainedConfig,
     group: ProcessGroup | None,
 ) -> None:
-    """Collective: every rank calls it; rank 0 writes; returns after a barrier."""
+    """Collective: every rank calls it; rank 0 writes the HF weights, every rank its optimizer shard."""
     _require_world(group)
     model_state = get_model_state_dict(module, options=_GATHER)
-    optim_state = get_optimizer_state_dict(module, optimizer, options=_GATHER) if optimizer is not None else None
     if dist.get_rank() == 0:
         os.makedirs(directory, exist_ok=True)
         save_file(_hf_state(model_state, tied_aliases(module)), os.path.join(directory, MODEL_FILE),
                   metadata={"format": "pt"})
         hf_config.save_pretrained(directory)
-        if optimizer is not None and scheduler is not None:
-            torch.save(optim_state, os.path.join(directory, OPTIMIZER_FILE))
+    if optimizer is not None and scheduler is not None:
+        dcp.save({"optimizer": get_optimizer_state_dict(module, optimizer)},
+                 checkpoint_id=os.path.join(directory, OPTIMIZER_DIR))
+        if dist.get_rank() == 0:
             torch.save(scheduler.state_dict(), os.path.join(directory, SCHEDULER_FILE))
     dist.barrier(group=group)
 
@@ -111,8 +115,9 @@ def load_checkpoint(
     model_state = _with_aliases(load_file(os.path.join(directory, MODEL_FILE)), aliases) if rank0 else {}
     set_model_state_dict(module, model_state, options=_SCATTER)
     if optimizer is not None and scheduler is not None:
-        optim_state = torch.load(os.path.join(directory, OPTIMIZER_FILE), weights_only=True) if rank0 else {}
-        set_optimizer_state_dict(module, optimizer, optim_state, options=_SCATTER)
+        state = {"optimizer": get_optimizer_state_dict(module, optimizer)}  # this rank's shards, filled in place
+        dcp.load(state, checkpoint_id=os.path.join(directory, OPTIMIZER_DIR))
+        set_optimizer_state_dict(module, optimizer, state["optimizer"])
         box = [torch.load(os.path.join(directory, SCHEDULER_FILE), weights_only=True) if rank0 else None]
         dist.broadcast_object_list(box, src=0, group=group, device=device)
         scheduler.load_state_dict(box[0])
