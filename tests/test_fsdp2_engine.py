@@ -361,3 +361,45 @@ def test_resumed_optimizer_takes_the_configured_hyperparameters():
     assert changed.param_groups[0]["lr"] == 1e30 and changed.param_groups[0]["betas"] == (0.5, 0.6)
     changed_sched.step()
     assert changed.param_groups[0]["lr"] == 1e30  # the schedule goes on from the new base
+
+
+def check_rank0_reads_alone(rank: int, path: str, tmp: str) -> None:
+    """Only rank 0 holds a full copy of the checkpoint on the host; the other rank builds on the meta device."""
+    import threading
+
+    import psutil
+
+    from workers.engines.fsdp2 import FSDPEngine
+
+    model_bytes = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
+    proc, samples, done = psutil.Process(), [], threading.Event()
+
+    def sample() -> None:  # the resident set's peak while the engine is built (ru_maxrss saw earlier peaks)
+        while not done.is_set():
+            samples.append(proc.memory_info().rss)
+            done.wait(0.002)
+
+    base = proc.memory_info().rss
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    engine = FSDPEngine(engine_spec(path, "causal_lm"), None, device=CPU)
+    done.set()
+    sampler.join()
+    grew = [torch.zeros(1) for _ in range(2)]
+    dist.all_gather(grew, torch.tensor([float(max(samples) - base)]))
+    if rank == 0:
+        assert grew[0].item() >= 0.9 * model_bytes, (grew, model_bytes)  # rank 0 read the whole checkpoint
+        assert grew[1].item() < 0.75 * model_bytes, (grew, model_bytes)  # rank 1: its shard and one tensor at a time
+    out = engine.compute_log_probs(my_rows(make_batch(), rank), temperature=1.0, micro_batch_size=4, with_entropy=False)
+    assert torch.isfinite(out["log_probs"]).all()
+
+
+@pytest.mark.timeout(180)
+def test_only_rank0_reads_the_checkpoint_into_host_memory(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = str(tmp_path / "wide")
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
+                                 num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True)).save_pretrained(path)
+    mp.spawn(_entry, args=("check_rank0_reads_alone", path, str(tmp_path), _free_port()), nprocs=2, join=True)

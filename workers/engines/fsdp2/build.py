@@ -3,6 +3,8 @@
 Per-layer groups bound peak memory to one gathered layer at a time (and let the next
 layer's all-gather overlap the current layer's compute); the root group holds what is
 left (embeddings, final norm, LM / value / score head) and keeps tied embeddings together.
+Only rank 0 reads the checkpoint into host memory; the other ranks build the model on the
+meta device and receive their shards from it.
 """
 from __future__ import annotations
 
@@ -23,31 +25,53 @@ from transformers import (
 from workers.engines.fsdp2.spec import FSDPEngineSpec, to_dtype
 
 
-def load_hf_model(spec: FSDPEngineSpec) -> PreTrainedModel:
-    """Every rank loads the full model on CPU under spec.seed, so new heads agree across ranks.
+_AUTO_CLASSES = {"causal_lm": (AutoModelForCausalLM, {}), "value": (AutoModelForTokenClassification, {"num_labels": 1}),
+                 "reward": (AutoModelForSequenceClassification, {"num_labels": 1})}
+
+
+def load_hf_model(spec: FSDPEngineSpec, *, on_meta: bool = False) -> PreTrainedModel:
+    """The model on CPU under spec.seed (so new heads agree across runs), or only its structure on the meta
+    device (`on_meta`: a rank that receives the weights from rank 0 instead of reading them, see
+    `fill_from_rank0`, so host memory does not grow with the ranks of a node).
 
     The global RNG is forked, not reseeded, so building an engine leaves other randomness
     in the process untouched. The model is put in eval mode and stays there: RL needs the
     training forward to be the same function as the one that scored the rollout, so
     dropout is always off.
     """
-    kwargs: dict[str, object] = {
-        "dtype": to_dtype(spec.master_dtype),
-        "attn_implementation": spec.attn_implementation,
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        if spec.model_kind == "causal_lm":
-            model = AutoModelForCausalLM.from_pretrained(spec.model_path, **kwargs)
-        elif spec.model_kind == "value":
-            model = AutoModelForTokenClassification.from_pretrained(spec.model_path, num_labels=1, **kwargs)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(spec.model_path, num_labels=1, **kwargs)
+    auto_cls, extra = _AUTO_CLASSES[spec.model_kind]
+    kwargs: dict[str, object] = {"dtype": to_dtype(spec.master_dtype), "attn_implementation": spec.attn_implementation,
+                                 **extra}
+    if on_meta:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec.model_path, **extra)
+        with torch.device("meta"):
+            model = auto_cls.from_config(config, dtype=kwargs["dtype"], attn_implementation=spec.attn_implementation)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = auto_cls.from_pretrained(spec.model_path, **kwargs)
     if spec.model_kind == "reward" and model.config.get_text_config().pad_token_id is None:
         raise ValueError(f"reward model {spec.model_path!r} has no pad_token_id in its config; HF needs one for batches")
     if spec.model_kind != "causal_lm" and not isinstance(getattr(model, "score", None), nn.Module):
         raise ValueError(f"{type(model).__name__} has no `score` head; only HF's generic value/score heads are supported")
     return model.eval()
+
+
+@torch.no_grad()
+def fill_from_rank0(module: FSDPModule, full_state: dict, device: torch.device) -> None:
+    """After sharding: ranks built on the meta device get storage, then every rank its shard of rank 0's weights.
+
+    Collective over the world. Buffers that are not in the state dict (rotary tables) are sent too.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if dist.get_rank() != 0:
+        module.to_empty(device=device)
+    set_model_state_dict(module, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for _, buffer in module.named_buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def decoder_layers(model: PreTrainedModel) -> list[nn.Module]:

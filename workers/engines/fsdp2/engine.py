@@ -21,7 +21,7 @@ from workers.batch import Batch
 from workers.engines import LossFn
 from workers.engines.base import EngineMesh
 from workers.engines.fsdp2 import checkpoint
-from workers.engines.fsdp2.build import build_mesh, load_hf_model, shard_model
+from workers.engines.fsdp2.build import build_mesh, fill_from_rank0, load_hf_model, shard_model
 from workers.engines.fsdp2.collectives import split_micro_batches
 from workers.engines.fsdp2.forward import check_layout, model_forward
 from workers.engines.fsdp2.optim import apply_hyperparameters, build_lr_scheduler, build_optimizer
@@ -53,11 +53,17 @@ class FSDPEngine(OffloadsWithOffloader):
         self.device = torch.device(device)
         self.dp_group = dp_group
         self.dp_size = dist.get_world_size(dp_group)
-        model = load_hf_model(spec)
+        # over the whole world, only rank 0 reads the checkpoint (host memory does not grow with ranks per node)
+        from_rank0 = dist.get_world_size() > 1 and self.dp_size == dist.get_world_size()
+        model = load_hf_model(spec, on_meta=from_rank0 and dist.get_rank() != 0)
+        full_state = model.state_dict() if from_rank0 and dist.get_rank() == 0 else {}
         if optim is None:
             model.requires_grad_(False)
         self.hf_config: PretrainedConfig = model.config
         self.module = shard_model(model, spec, build_mesh(self.device, dp_group), self.device)
+        if from_rank0:
+            fill_from_rank0(self.module, full_state, self.device)
+        del full_state
         self.optimizer = build_optimizer(self.module.parameters(), optim) if optim is not None else None
         self.lr_scheduler = build_lr_scheduler(self.optimizer, optim) if self.optimizer is not None else None
         self.offloader = TrainingStateOffloader.for_device(self.module, self.optimizer, self.device)
