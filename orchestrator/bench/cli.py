@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 BENCHES = {"rollout": "orchestrator.bench.rollout_bench", "sync": "orchestrator.bench.sync_bench",
-           "algorithms": "orchestrator.bench.algorithms_bench", "backends": "orchestrator.bench.backends_bench",
-           "sampling": "orchestrator.bench.sampling_bench"}
+           "algorithms": "orchestrator.bench.algorithms_bench", "sampling": "orchestrator.bench.sampling_bench",
+           "backends": "orchestrator.bench.compare_bench", "corrections": "orchestrator.bench.compare_bench"}
+NAMED_SETS = ("backends", "corrections")  # compare_bench runs the set named like the command
 
 
 def bench_main(argv: list[str]) -> None:
@@ -11,4 +12,8 @@ def bench_main(argv: list[str]) -> None:
         raise SystemExit(f"usage: baton bench {{{'|'.join(BENCHES)}}} [--help]")
     import importlib
 
-    importlib.import_module(BENCHES[argv[0]]).main(argv[1:])
+    module = importlib.import_module(BENCHES[argv[0]])
+    if argv[0] in NAMED_SETS:
+        module.main(argv[1:], name=argv[0])
+    else:
+        module.main(argv[1:])

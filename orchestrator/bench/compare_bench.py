@@ -1,0 +1,51 @@
+"""Named sets of variants of the default job, side by side (orchestrator/bench/variants.py runs them).
+
+Not a test: `baton bench backends|corrections --steps 40 [--write] [key=value ...]`.
+- backends: FSDP2 against Megatron-core with tensor parallel 2 and with pipeline parallel 2. Megatron must
+  learn as FSDP2 does; s/step shows what each layout costs here (2 CPU ranks: TP and PP add collectives and a
+  pipeline bubble that data parallelism does not have).
+- corrections: the trainer recomputing old log-probs (rollout_correction.mode=none) against bypass (the
+  rollout's log-probs are the old ones, no recompute pass). Bypass must learn as well and be faster.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from orchestrator.bench.variants import append_section, run_variants
+
+SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
+    "backends": ("backend", "Training backends on the default job", {
+        "fsdp2 (dp2)": ["backend=fsdp2"],
+        "megatron tp2": ["backend=megatron", "actor.megatron.tensor_model_parallel_size=2"],
+        "megatron pp2": ["backend=megatron", "actor.megatron.pipeline_model_parallel_size=2"],
+    }),
+    "corrections": ("old log-probs", "Rollout correction: recompute vs bypass on the default job", {
+        "recompute (mode=none)": ["algorithm.rollout_correction.mode=none"],
+        "bypass": ["algorithm.rollout_correction.mode=bypass"],
+    }),
+}
+
+
+def main(argv: list[str] | None = None, *, name: str = "backends") -> None:
+    column, title, variants = SETS[name]
+    parser = argparse.ArgumentParser(prog=f"baton bench {name}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40, help="RL steps per variant")
+    parser.add_argument("--root", type=Path, default=Path(f"outputs/bench/{name}"), help="runs go to ROOT/<variant>")
+    parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        raise SystemExit(f"bench {name}: --steps must be >= 1")
+    table = run_variants(column, variants, args.steps, args.root, list(args.overrides))
+    if args.write:
+        command = " ".join([f"baton bench {name}", f"--steps {args.steps}", *args.overrides])
+        append_section(f"{title} (`baton bench {name}`)", command,
+                       "GRPO from the shipped warm start, one run per variant in turn. Val accuracy: greedy, 256 test "
+                       "prompts, before the first and after the last step; s/step: the loop's wall time (validation "
+                       "included) / steps.", table)
+
+
+if __name__ == "__main__":
+    main()
