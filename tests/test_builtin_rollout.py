@@ -229,6 +229,22 @@ def test_sleep_wake_round_trip_is_idempotent():
     assert torch.equal(before["responses"], again["responses"])
 
 
+def test_sleep_level_2_discards_weights_until_the_next_sync_rewrites_them():
+    hf = make_hf()
+    engine = make_engine(hf, sleep_level=2)
+    ids, mask = prompts()
+    before, _ = engine.generate_tensors(ids, mask, params(temperature=1.0, n=2))
+    engine.sleep()
+    assert all(p.numel() == 0 for p in engine.model.parameters())  # freed, not copied out
+    with pytest.raises(RuntimeError, match="weights never loaded"):
+        engine.generate_tensors(ids, mask, params())
+    engine.wake_up(tags=["weights"])  # what the hybrid engine does before it streams the weights
+    engine.load_weights(hf.state_dict().items())
+    engine.wake_up(tags=["kv_cache"])
+    after, _ = engine.generate_tensors(ids, mask, params(temperature=1.0, n=2))
+    assert torch.equal(before["responses"], after["responses"])
+
+
 def test_finished_rows_are_dropped_from_compute():
     hf = make_hf()
     ids, mask = prompts(batch=8, seed=3)

@@ -120,7 +120,6 @@ class VLLMConfig:
     kv_cache_bytes: int = MISSING
     gpu_memory_utilization: float = MISSING
     enforce_eager: bool = MISSING
-    sleep_level: int = MISSING
 
 
 @dataclass
@@ -135,6 +134,7 @@ class RolloutConfig:
     dtype: str = MISSING
     max_batch_size: int = MISSING  # rows the engine decodes at once
     kernels: str = MISSING  # builtin engine: torch | cpp (fused C++ forward, CPU only)
+    sleep_level: int = MISSING  # what a sleeping rollout engine does with its weights: 0 keep, 1 offload, 2 discard
     repetition_stop_window: int = MISSING  # MiniMax-M1 early stop: K (0 disables)
     repetition_stop_prob: float = MISSING
     vllm: VLLMConfig = field(default_factory=VLLMConfig)

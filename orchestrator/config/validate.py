@@ -82,6 +82,8 @@ def _choices(cfg: DictConfig) -> None:
     _one_of("model.dtype", cfg.model.dtype, ["float32", "bfloat16"])
     _one_of("rollout.dtype", cfg.rollout.dtype, ["float32", "bfloat16", "float16"])
     _one_of("rollout.kernels", cfg.rollout.kernels, ["torch", "cpp"])
+    if cfg.rollout.sleep_level not in (0, 1, 2):
+        raise ConfigError("rollout.sleep_level", f"must be 0 (keep), 1 (offload) or 2 (discard), got {cfg.rollout.sleep_level}")
     if cfg.rollout.kernels == "cpp" and (cfg.rollout.name != "builtin" or cfg.cluster.use_gpu):
         raise ConfigError("rollout.kernels", "cpp is the built-in engine's CPU path: needs rollout.name=builtin "
                           f"and cluster.use_gpu=false (got {cfg.rollout.name}, use_gpu={cfg.cluster.use_gpu})")

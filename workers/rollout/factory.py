@@ -14,7 +14,8 @@ def build_rollout(rollout_cfg: DictConfig, model_path: str, *, device: torch.dev
 
         return BuiltinRolloutEngine.from_pretrained(
             model_path, dtype=rollout_cfg.dtype, device=device, max_batch_size=rollout_cfg.max_batch_size,
-            max_seq_len=max_seq_len, pad_token_id=pad_token_id, kernels=rollout_cfg.kernels)
+            max_seq_len=max_seq_len, pad_token_id=pad_token_id, kernels=rollout_cfg.kernels,
+            sleep_level=rollout_cfg.sleep_level)
     if rollout_cfg.name == "vllm":
         from workers.rollout.vllm_engine import VLLMRolloutEngine
 
@@ -22,6 +23,6 @@ def build_rollout(rollout_cfg: DictConfig, model_path: str, *, device: torch.dev
         return VLLMRolloutEngine(
             model_path, dtype=rollout_cfg.dtype, max_model_len=max_seq_len, kv_cache_bytes=v.kv_cache_bytes,
             gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager, seed=seed,
-            pad_token_id=pad_token_id, sleep_level=v.sleep_level, tensor_parallel_size=1,
+            pad_token_id=pad_token_id, sleep_level=rollout_cfg.sleep_level, tensor_parallel_size=1,
             max_num_seqs=rollout_cfg.max_batch_size)
     raise ValueError(f"rollout.name: unknown engine '{rollout_cfg.name}' (builtin | vllm)")

@@ -45,6 +45,7 @@ class BuiltinRolloutEngine:
         compact_fraction: float = 0.125,
         sync_every: int | None = None,
         kernels: str = "torch",
+        sleep_level: int = 1,
     ) -> None:
         """model_config: a transformers config (Llama/Qwen2) or its config.json dict.
 
@@ -54,7 +55,12 @@ class BuiltinRolloutEngine:
         sync_every: steps between host syncs that check for finished rows (default 1 on CPU, 8 elsewhere).
         kernels: "torch" (the forward as torch ops, any device) or "cpp" (CPU only: prefill and decode
             steps as one C++ call each, cpu_kernels/, compiled on first use and cached).
+        sleep_level: what `sleep` does with the weights: 0 keep, 1 park on the host, 2 discard.
         """
+        if sleep_level not in (0, 1, 2):
+            raise ValueError(f"builtin rollout: sleep_level must be 0, 1 or 2, got {sleep_level}")
+        self.sleep_level = sleep_level
+        self._shapes: dict[str, torch.Size] = {}
         self.spec = spec_from_hf_config(model_config)
         self.dtype = _as_dtype(dtype)
         self.device = torch.device(device)
@@ -132,21 +138,37 @@ class BuiltinRolloutEngine:
         return not (self.cache.allocated and self._weights_on_device)
 
     def sleep(self) -> None:
-        """Free the KV cache and park weights on CPU (weights stay put on a CPU device). Idempotent."""
+        """Free the KV cache; then, by `sleep_level`, keep the weights (0), park them on the host (1; they stay
+        put on a CPU device) or discard them (2: the next weight sync rewrites every one, so copying them out
+        and back would be wasted; generation is refused until it has). Idempotent."""
         self.cache.free()
         if isinstance(self._step, FusedCpuDecoder):
             self._step.invalidate()  # drop the packed copies of the projections
-        if self.device.type != "cpu" and self._weights_on_device:
+        if not self._weights_on_device or self.sleep_level == 0:
+            return
+        if self.sleep_level == 2:
+            self._shapes = {name: p.shape for name, p in self.model.named_parameters()}
+            for p in self.model.parameters():
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            self.loader.loaded.clear()  # every weight must come back before generating
+        elif self.device.type != "cpu":
             self.model.to("cpu")
-            self._weights_on_device = False
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        else:
+            return
+        self._weights_on_device = False
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def wake_up(self, tags: Iterable[str] = ("weights", "kv_cache")) -> None:
-        """Bring weights back to the device and/or allocate the KV cache (tags as in vLLM). Idempotent."""
+        """Bring weights back to the device (uninitialised after a level-2 sleep, for the sync to fill) and/or
+        allocate the KV cache (tags as in vLLM). Idempotent."""
         tags = set(tags)
         if "weights" in tags and not self._weights_on_device:
-            self.model.to(self.device)
+            if self.sleep_level == 2:
+                for name, p in self.model.named_parameters():
+                    p.data = torch.empty(self._shapes[name], dtype=p.dtype, device=self.device)
+            else:
+                self.model.to(self.device)
             self._weights_on_device = True
         if "kv_cache" in tags:
             self.cache.allocate()
