@@ -5,12 +5,12 @@
       2. wake the rollout's weights          (`wake_up(tags=["weights"])`; an engine
                                               without tags is woken fully here)
       3. stream weights bucket by bucket into `rollout.load_weights`
-      4. offload the training params
+      4. offload the training params, then every colocated engine's state (ref, critic, RM)
       5. wake the rollout's KV cache         (`wake_up(tags=["kv_cache"])`; skipped
                                               for an engine without tags: done in 2)
     ROLLOUT --train_mode()--> TRAIN
       1. `rollout.sleep()`                   (drops KV cache and weights)
-      2. reload params, 3. reload optimizer state + grads
+      2. reload params, 3. reload optimizer state + grads, 4. reload the colocated engines
 
 Asking for the mode you are in is not an error: it does nothing and returns a report
 with `noop=True` (drivers can call `train_mode()` defensively before every update).
@@ -91,9 +91,12 @@ class HybridEngine:
         offload_params: bool,
         offload_optimizer: bool,
         is_rollout_consumer: bool,
+        colocated: Callable[[], list[tuple[str, TrainingState]]] = list,
     ) -> None:
         """Wire one rank's training state to its rollout engine.
 
+        `colocated`: the other training engines of this process (reference, critic, reward model),
+        asked at each switch; they are offloaded with the policy in ROLLOUT mode and reloaded with it.
         `state`: the training engine (offload/reload, weight export), see training_state.py.
         `device`: the training device; on CPU offloading moves nothing (reports say so).
         `bucket_bytes`: cap on one bucket of full weights (the transient device memory of a
@@ -109,6 +112,7 @@ class HybridEngine:
         self.offload_params = offload_params
         self.offload_optimizer = offload_optimizer
         self.is_rollout_consumer = is_rollout_consumer
+        self.colocated = colocated
         self.bucket_bytes, self.weight_dtype = bucket_bytes, weight_dtype
         self.tagged_wake_up = rollout is not None and accepts_wake_up_tags(rollout)
         self.mode: Mode | None = Mode.TRAIN
@@ -147,6 +151,11 @@ class HybridEngine:
         run.stream_bytes = self.last_stream_stats.bytes_streamed if self.last_stream_stats else 0
         if self.offload_params:
             run.offload(self.state.offload_params, self.device)
+        for role, state in self.colocated():
+            if self.offload_optimizer:
+                run.offload(state.offload_optimizer, self.device, role)
+            if self.offload_params:
+                run.offload(state.offload_params, self.device, role)
         if self.rollout is not None and self.tagged_wake_up:
             run.timed("wake_kv_cache", lambda: self._wake([KV_CACHE_TAG]))
 
@@ -157,6 +166,11 @@ class HybridEngine:
             run.offload(self.state.reload_params, None)
         if self.offload_optimizer:
             run.offload(self.state.reload_optimizer, None)
+        for role, state in self.colocated():
+            if self.offload_params:
+                run.offload(state.reload_params, None, role)
+            if self.offload_optimizer:
+                run.offload(state.reload_optimizer, None, role)
 
     def _wake(self, tags: list[str] | None) -> None:
         assert self.rollout is not None
@@ -188,13 +202,14 @@ class _Run:
         fn()
         self.phases[phase] = time.perf_counter() - start
 
-    def offload(self, fn: Callable[[], OffloadReport], release_on: torch.device | None) -> None:
+    def offload(self, fn: Callable[[], OffloadReport], release_on: torch.device | None, role: str = "") -> None:
         """Run an offload/reload; after an offload, hand freed blocks back to the driver."""
         start = time.perf_counter()
         report = fn()
         if release_on is not None and report.bytes_moved:
             release_cached_memory(release_on)
-        self.phases[f"{report.direction}_{report.what}"] = time.perf_counter() - start
+        prefix = f"{role}_" if role else ""
+        self.phases[f"{prefix}{report.direction}_{report.what}"] = time.perf_counter() - start
         self.offload_bytes += report.bytes_moved
         if report.note:
-            self.notes.append(f"{report.direction} {report.what}: {report.note}")
+            self.notes.append(f"{prefix}{report.direction} {report.what}: {report.note}")

@@ -161,6 +161,34 @@ def test_consumer_needs_a_rollout_and_non_consumer_may_have_none() -> None:
     assert engine.train_mode().phases == {}
 
 
+def test_colocated_engines_are_offloaded_with_the_policy_and_reloaded_bit_exact() -> None:
+    """A reference/critic in the same process holds nothing on the device while the rollout engine is awake."""
+    from hybrid_engine.offload import TrainingStateOffloader
+    from hybrid_engine.training_state import OffloadsWithOffloader
+
+    class Releasing(OffloadsWithOffloader):  # the storage-freeing offload the engines use on an accelerator
+        def __init__(self, module: torch.nn.Module, opt: torch.optim.Optimizer | None) -> None:
+            self.offloader = TrainingStateOffloader(module, opt, device=CPU, release_storage=True, pin_memory=False)
+
+    ref, critic = torch.nn.Linear(4, 3), torch.nn.Linear(4, 1)
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=0.1)
+    critic(torch.ones(2, 4)).sum().backward()
+    critic_opt.step()
+    before = [t.detach().clone() for t in [*ref.parameters(), *critic.parameters()]]
+    colocated = [("ref", Releasing(ref, None)), ("critic", Releasing(critic, critic_opt))]
+    engine = HybridEngine(
+        ModuleState(torch.nn.Linear(4, 2), None, CPU), RecordingRolloutForTest(None), device=CPU, bucket_bytes=64,
+        weight_dtype=torch.float32, offload_params=True, offload_optimizer=True, is_rollout_consumer=True,
+        colocated=lambda: colocated)
+    report = engine.rollout_mode()
+    assert {"ref_offload_params", "critic_offload_params", "critic_offload_optimizer"} <= set(report.phases)
+    assert all(p.untyped_storage().nbytes() == 0 for p in [*ref.parameters(), *critic.parameters()])
+    assert report.offload_bytes > 0
+    back = engine.train_mode()
+    assert {"ref_reload_params", "critic_reload_optimizer"} <= set(back.phases)
+    assert all(torch.equal(a, b) for a, b in zip(before, [t.detach() for t in [*ref.parameters(), *critic.parameters()]]))
+
+
 def test_failed_switch_leaves_mode_unknown_and_train_mode_recovers() -> None:
     class Failing(UntaggedRecordingRolloutForTest):
         def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -13,6 +13,7 @@ from workers.roles.mini_batches import mean_history, mini_batches
 from workers.engines import LossFn, LossNorm
 from workers.losses.aggregation import LossAgg
 from workers.losses.value import value_loss
+from workers.roles.colocation import ensure_train_mode, register_engine
 from workers.roles.engine_specs import optim_spec, role_engine
 from workers.roles.rng_state import load_rng_state, save_rng_state
 from workers.runtime import Dispatch, Worker, WorkerContext, register
@@ -52,6 +53,7 @@ class CriticWorker(Worker):
         self.cfg = cfg
         self.engine = role_engine(cfg, ctx.device, cfg.critic.model_path, "value",
                                   optim_spec(cfg.critic.optim, critic_optimizer_steps(cfg)))
+        register_engine("critic", self.engine)
         self.loss_fn = make_critic_loss(cfg)
         # its own stream (not the actor's), so adding a critic leaves the actor's mini-batch order unchanged
         self.shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + 500 + ctx.rank)
@@ -59,12 +61,14 @@ class CriticWorker(Worker):
     @register(Dispatch.DP)
     def compute_values(self, batch: Batch) -> Batch:
         """`values` [B, R]: V of the state before each response token (the baseline GAE needs)."""
+        ensure_train_mode()
         values = self.engine.compute_values(batch, micro_batch_size=self.cfg.critic.micro_batch_size)
         return Batch.from_dict({"values": values})
 
     @register(Dispatch.DP)
     def update_critic(self, batch: Batch) -> dict[str, float]:
         """Critic epochs over this rank's rows, one optimizer step per mini-batch (the actor's mini-batches)."""
+        ensure_train_mode()
         history: dict[str, list[float]] = {}
         for mini in mini_batches(batch, num_mini=self.cfg.data.train_batch_size // self.cfg.actor.ppo_mini_batch_size,
                                  epochs=self.cfg.critic.ppo_epochs, shuffle=self.cfg.actor.shuffle_mini_batches,
@@ -77,10 +81,12 @@ class CriticWorker(Worker):
 
     @register(Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, directory: str) -> None:
+        ensure_train_mode()
         self.engine.save_checkpoint(directory)
         save_rng_state(directory, self.rank, {"shuffle": self.shuffle_gen})
 
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, directory: str) -> None:
+        ensure_train_mode()
         self.engine.load_checkpoint(directory)
         load_rng_state(directory, self.rank, {"shuffle": self.shuffle_gen})

@@ -20,6 +20,7 @@ from hybrid_engine import (HybridEngine, SyncGroup, group_param_diffs, join_sync
                            send_weights)
 from workers.batch import Batch
 from workers.dtypes import to_dtype
+from workers.roles.colocation import colocated_engines, set_train_mode_switch
 from workers.engines.base import TrainingEngine
 from workers.rollout.base import RolloutEngine, SamplingParams
 from workers.runtime.host import ray_node_ip
@@ -47,7 +48,9 @@ class LocalRollout:
         self.engine, self.rollout, self.cfg = engine, rollout, cfg
         self.hybrid = HybridEngine(engine, rollout, device=device, bucket_bytes=cfg.hybrid.bucket_bytes,
                                    weight_dtype=to_dtype(cfg.rollout.dtype), offload_params=cfg.hybrid.offload_params,
-                                   offload_optimizer=cfg.hybrid.offload_optimizer, is_rollout_consumer=True)
+                                   offload_optimizer=cfg.hybrid.offload_optimizer, is_rollout_consumer=True,
+                                   colocated=colocated_engines)
+        set_train_mode_switch(self.hybrid.train_mode)
 
     def to_train(self) -> None:
         self.hybrid.train_mode()
