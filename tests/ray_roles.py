@@ -45,6 +45,10 @@ class EchoRole(Worker):
     def chunk_len(self, batch: Batch) -> int:
         return len(batch)
 
+    @register(Dispatch.DP)
+    def chunk_tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum())
+
     @register(Dispatch.ONE_TO_ALL)
     def sleep_then_reduce(self, seconds: float) -> float:
         time.sleep(seconds)

@@ -46,7 +46,11 @@ def test_smoke_with_tensor_or_pipeline_parallel(ray_cluster, cache, tmp_path, la
     assert sorted(steps) == [1, 2] and summary["status"] == "completed"
     for record in steps.values():
         assert record["sync/logprob_max_abs_diff"] < 1e-4  # the rollout engine holds exactly the Megatron weights
-        assert record["actor/grad_norm"] > 0 and record["actor/step_skipped"] == 0.0
+        assert record["actor/step_skipped"] == 0.0
+        # equal rewards across the whole (tiny) batch give GRPO zero advantages, and at step 1 the KL term has
+        # zero gradient (policy == reference): only then may the gradient vanish
+        assert record["actor/grad_norm"] > 0 or record["reward/std"] == 0.0
+    assert any(record["actor/grad_norm"] > 0 for record in steps.values())
 
 
 @pytest.mark.vllm

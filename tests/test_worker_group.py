@@ -63,6 +63,19 @@ def test_data_parallel_call_pads_and_returns_rows_in_order(colocated):
     assert colocated["actor"].chunk_len(batch) == [3, 3]
 
 
+def test_rows_with_attention_mask_are_split_by_tokens_and_come_back_in_order(colocated):
+    lengths = [16, 15, 14, 13, 2, 1, 1, 1]  # rows in order would give rank 0 58 tokens, rank 1 5
+    mask = (torch.arange(16)[None, :] < torch.tensor(lengths)[:, None]).long()
+    x = torch.arange(8, dtype=torch.float32)
+    batch = Batch.from_dict({"x": x, "attention_mask": mask}, non_tensors={"uid": [f"u{i}" for i in range(8)]})
+    assert colocated["actor"].chunk_tokens(batch) == [32, 31]
+    assert colocated["actor"].chunk_len(batch) == [4, 4]
+    out = colocated["actor"].double(batch)
+    torch.testing.assert_close(out["y"], x * 2)
+    assert list(out.non_tensors["uid"]) == [f"u{i}" for i in range(8)]
+    assert sorted(out["rank"].tolist()) == [0, 0, 0, 0, 1, 1, 1, 1] and out["rank"].tolist() != sorted(out["rank"].tolist())
+
+
 def test_one_to_all_and_rank_zero(colocated):
     assert colocated["actor"].fail_on(rank=7) == [0, 1]
     assert colocated["actor"].only_rank_zero() == 0

@@ -9,10 +9,12 @@ import time
 from typing import Any, Callable
 
 import ray
+import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.batch import Batch
+from workers.runtime.balance import balanced_order, restore_rows
 from workers.runtime.dispatch import Dispatch, MethodSpec, registered_methods
 from workers.runtime.errors import WorkerError, WorkerTimeout
 from workers.runtime.host import WorkerHost
@@ -155,14 +157,18 @@ class WorkerGroup:
         batches = [a for a in (*args, *kwargs.values()) if isinstance(a, Batch)]
         if not batches:
             raise TypeError(f"{self.role}.{method}() is data-parallel but got no Batch argument")
-        pad = batches[0].pad_to_divisor(dp_size)[1]
+        padded, pad = batches[0].pad_to_divisor(dp_size)
+        # rows with an attention mask are spread by tokens (workers/runtime/balance.py), others in order
+        order = (balanced_order(padded["attention_mask"].sum(dim=-1).tolist(), dp_size)
+                 if "attention_mask" in padded else list(range(len(padded))))
+        order_t = torch.tensor(order)
 
         def split(value: Any) -> list[Any]:
             if not isinstance(value, Batch):
                 return [value] * dp_size
             if len(value) != len(batches[0]):
                 raise ValueError(f"{self.role}.{method}(): Batch arguments differ in length")
-            return value.pad_to_divisor(dp_size)[0].chunk(dp_size)
+            return value.pad_to_divisor(dp_size)[0].index(order_t).chunk(dp_size)
 
         arg_chunks = [split(a) for a in args]
         kw_chunks = {k: split(v) for k, v in kwargs.items()}
@@ -177,7 +183,8 @@ class WorkerGroup:
         def collect(results: list[Any]) -> Any:
             kept = [results[r] for r in collect_ranks]
             if all(isinstance(r, Batch) for r in kept):
-                return Batch.concat(kept).unpad(pad)
+                return restore_rows(Batch.concat(kept), [len(r) for r in kept], order, pad,
+                                    f"{self.role}.{method}()")
             return kept
 
         return PendingCall(refs, all_ranks, self.role, method, collect, self.timeout_s)
