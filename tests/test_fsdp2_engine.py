@@ -67,7 +67,7 @@ def engine_spec(path: str, kind: str, **over: object) -> FSDPEngineSpec:
     fields = dict(
         model_path=path, model_kind=kind, master_dtype="float32", param_dtype="float32", reduce_dtype="float32",
         reshard_after_forward=True, activation_checkpointing=False, cpu_offload=False, attn_implementation="sdpa",
-        seed=0,
+        remove_padding=True, max_tokens_per_micro_batch=None, seed=0,
     )
     fields.update(over)
     return FSDPEngineSpec(**fields)  # type: ignore[arg-type]
@@ -202,13 +202,14 @@ def check_forwards(rank: int, path: str, tmp: str) -> None:
         assert (out1["log_probs"] - lp2).abs().max() <= 1e-5
         assert (out1["entropy"] - ent2).abs().max() <= 1e-5
         ref_lp, ref_ent = hf_reference(path, batch, temp)
-        assert (ref_lp - lp2).abs().max() <= 1e-5
-        assert (ref_ent - ent2).abs().max() <= 1e-5
+        real = batch["response_mask"].bool()  # padding removed: cells without a token are 0, not scored
+        assert (ref_lp - lp2)[real].abs().max() <= 1e-5 and not lp2[~real].any()
+        assert (ref_ent - ent2)[real].abs().max() <= 1e-5 and not ent2[~real].any()
         with torch.no_grad():
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
             torch.manual_seed(0)
             tok = AutoModelForTokenClassification.from_pretrained(path, num_labels=1).eval()
-            assert (tok(**inputs).logits[:, P - 1 : P + R - 1, 0] - values2).abs().max() <= 1e-5
+            assert (tok(**inputs).logits[:, P - 1 : P + R - 1, 0] - values2)[real].abs().max() <= 1e-5
             torch.manual_seed(0)
             seq = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
             assert (seq(**inputs).logits[:, 0] - scores2).abs().max() <= 1e-5
@@ -286,7 +287,68 @@ def check_training(rank: int, path: str, tmp: str) -> None:
         hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
         assert torch.equal(hf.lm_head.weight, hf.model.embed_tokens.weight)
         ref_lp, _ = hf_reference(ckpt, batch, 1.0)
-        assert (ref_lp - lp).abs().max() <= 1e-5
+        assert (ref_lp - lp)[batch["response_mask"].bool()].abs().max() <= 1e-5
+    dist.barrier()
+
+
+def make_skewed_batch() -> Batch:
+    """8 rows of very different lengths (prompt 1..12 of 12, response 1..16 of 16); rank 1's rows are all short."""
+    g = torch.Generator().manual_seed(2)
+    prompts, responses, pw, rw = [12, 1, 7, 3, 2, 2, 1, 1], [16, 1, 16, 2, 1, 3, 2, 1], 12, 16
+    n = len(prompts)
+    input_ids = torch.zeros(n, pw + rw, dtype=torch.long)
+    attn = torch.zeros(n, pw + rw, dtype=torch.long)
+    for i, (pl, rl) in enumerate(zip(prompts, responses)):
+        input_ids[i, pw - pl : pw + rl] = torch.randint(3, VOCAB, (pl + rl,), generator=g)
+        attn[i, pw - pl : pw + rl] = 1
+    return Batch.from_dict({
+        "input_ids": input_ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
+        "responses": input_ids[:, pw:].clone(), "response_mask": attn[:, pw:].clone(),
+        "returns": torch.randn(n, rw, generator=g), "advantages": torch.randn(n, rw, generator=g),
+    })
+
+
+def policy_like_loss(outputs, mb, norm: LossNorm):
+    """Token-mean surrogate + entropy bonus + a per-sequence mean term: every way a loss reads the cells."""
+    mask = mb["response_mask"].float()
+    lp, ent = outputs["log_probs"], outputs["entropy"]
+    surrogate = -(mb["advantages"] * torch.exp(lp - lp.detach()) * mask).sum() / norm.global_tokens
+    seq_mean = ((lp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / norm.global_seqs
+    return surrogate - 0.01 * (ent * mask).sum() / norm.global_tokens - seq_mean, {}
+
+
+def check_padding_removal(rank: int, path: str, tmp: str) -> None:
+    """Padding removed == padded (log-probs, entropy, values, scores, gradients) under any micro-batch plan."""
+    from workers.engines.fsdp2 import FSDPEngine
+
+    batch = make_skewed_batch()
+    mine, real = my_rows(batch, rank), batch["response_mask"].bool()
+    plans = {"padded": dict(remove_padding=False), "packed": {},
+             "budget": dict(max_tokens_per_micro_batch=24)}  # rank 0: 3 micro-batches; rank 1 plans 1, splits to 3
+    for kind, loss in (("causal_lm", policy_like_loss), ("value", value_loss_fn)):
+        engines = {name: FSDPEngine(engine_spec(path, kind, **over), optim_spec(), device=CPU)
+                   for name, over in plans.items()}
+        seen = {name: capture_grads(e) for name, e in engines.items()}
+        outs, metrics = {}, {}
+        for name, e in engines.items():
+            if kind == "causal_lm":
+                out = e.compute_log_probs(mine, temperature=0.8, micro_batch_size=4, with_entropy=True)
+            else:
+                out = {"values": e.compute_values(mine, micro_batch_size=4)}
+            outs[name] = {k: gather_rows(v) for k, v in out.items()}
+            kw = dict(temperature=0.8, with_entropy=True) if kind == "causal_lm" else dict(temperature=None, with_entropy=False)
+            metrics[name] = e.train_mini_batch(mine, loss, micro_batch_size=4, **kw)
+        for name in ("packed", "budget"):
+            for key, value in outs[name].items():
+                assert (value - outs["padded"][key])[real].abs().max() <= 1e-5, (kind, name, key)
+                assert not value[~real].any(), (kind, name, key)  # no token, no value
+            assert_close_dicts(seen[name], seen["padded"], atol=1e-5)
+            assert abs(metrics[name]["loss"] - metrics["padded"]["loss"]) <= 1e-5
+        assert metrics["padded"]["grad_norm"] > 0
+    rm_scores = {name: gather_rows(FSDPEngine(engine_spec(path, "reward", **over), None, device=CPU)
+                                   .compute_scores(mine, micro_batch_size=4)) for name, over in plans.items()}
+    assert (rm_scores["packed"] - rm_scores["padded"]).abs().max() <= 1e-5
+    assert (rm_scores["budget"] - rm_scores["padded"]).abs().max() <= 1e-5
     dist.barrier()
 
 
@@ -296,6 +358,11 @@ def check_training(rank: int, path: str, tmp: str) -> None:
 @pytest.mark.timeout(180)
 def test_forward_parity_value_reward_and_frozen(tmp_path):
     run_2_ranks("check_forwards", tmp_path)
+
+
+@pytest.mark.timeout(180)
+def test_padding_removal_and_token_budgets_match_the_padded_path(tmp_path):
+    run_2_ranks("check_padding_removal", tmp_path)
 
 
 @pytest.mark.timeout(180)
@@ -389,7 +456,8 @@ def check_rank0_reads_alone(rank: int, path: str, tmp: str) -> None:
     dist.all_gather(grew, torch.tensor([float(max(samples) - base)]))
     if rank == 0:
         assert grew[0].item() >= 0.9 * model_bytes, (grew, model_bytes)  # rank 0 read the whole checkpoint
-        assert grew[1].item() < 0.75 * model_bytes, (grew, model_bytes)  # rank 1: its shard and one tensor at a time
+        # rank 1 holds its shard (half) plus one tensor at a time and allocator slack; a full read would be >= 1x
+        assert grew[1].item() < 0.9 * model_bytes, (grew, model_bytes)
     out = engine.compute_log_probs(my_rows(make_batch(), rank), temperature=1.0, micro_batch_size=4, with_entropy=False)
     assert torch.isfinite(out["log_probs"]).all()
 

@@ -68,6 +68,7 @@ class ModelConfig:
     path: Optional[str] = MISSING  # HF checkpoint dir (AutoModelForCausalLM); the RL run starts from it
     dtype: str = MISSING  # float32 | bfloat16 (parameter dtype of the training engine)
     gradient_checkpointing: bool = MISSING
+    remove_padding: bool = MISSING  # FSDP2 forwards run on rows with their padding removed (workers/engines/compaction.py)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # what `baton sft` builds when it starts from scratch
 
 
@@ -105,6 +106,7 @@ class ActorConfig:
     ppo_epochs: int = MISSING
     micro_batch_size: int = MISSING  # rows per forward/backward on one rank
     log_prob_micro_batch_size: int = MISSING
+    max_tokens_per_micro_batch: Optional[int] = MISSING  # FSDP2: also cut micro-batches at this many tokens; null: rows only
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     loss_agg_mode: str = MISSING  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
     entropy_coeff: float = MISSING
@@ -143,6 +145,7 @@ class RolloutConfig:
 @dataclass
 class RefConfig:
     log_prob_micro_batch_size: int = MISSING
+    max_tokens_per_micro_batch: Optional[int] = MISSING
     megatron: MegatronConfig = field(default_factory=MegatronConfig)  # backend=megatron: must equal the actor's
 
 
@@ -152,6 +155,7 @@ class CriticConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ppo_epochs: int = MISSING
     micro_batch_size: int = MISSING
+    max_tokens_per_micro_batch: Optional[int] = MISSING
     cliprange_value: float = MISSING
     warmup_steps: int = MISSING  # steps that update only the critic
     loss_agg_mode: str = MISSING
@@ -163,6 +167,7 @@ class RewardModelConfig:
     path: Optional[str] = MISSING
     weight: float = MISSING  # score = rule_weight * rule + weight * rm
     micro_batch_size: int = MISSING
+    max_tokens_per_micro_batch: Optional[int] = MISSING
 
 
 @dataclass

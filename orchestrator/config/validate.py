@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.model_files import check_model_dir, hf_config
@@ -119,6 +119,21 @@ def _learning_rates(cfg: DictConfig) -> None:
             bad = "eps" if optim.eps <= 0 else "weight_decay" if optim.weight_decay < 0 else "grad_clip"
             raise ConfigError(f"{key}.{bad}", f"must be {'>= 0' if bad == 'weight_decay' else '> 0'}, "
                               f"got {optim[bad]}")
+
+
+@check
+def _token_budgets(cfg: DictConfig) -> None:
+    """max_tokens_per_micro_batch: positive or null; a Megatron policy runs fixed row micro-batches."""
+    keys = ("actor", "ref", "critic", "reward.reward_model")
+    for key in keys:
+        budget = OmegaConf.select(cfg, f"{key}.max_tokens_per_micro_batch")
+        if budget is not None and (not isinstance(budget, int) or budget < 1):
+            raise ConfigError(f"{key}.max_tokens_per_micro_batch", f"must be a positive number of tokens or null, got {budget!r}")
+    if cfg.trainer.backend == "megatron":
+        for key in ("actor", "ref"):
+            if cfg[key].max_tokens_per_micro_batch is not None:
+                raise ConfigError(f"{key}.max_tokens_per_micro_batch", "token-budget micro-batches are FSDP2-only; "
+                                  "backend=megatron runs actor.micro_batch_size rows per micro-batch: set it to null")
 
 
 @check

@@ -29,7 +29,8 @@ class ActorRolloutWorker(Worker):
         self.cfg = cfg
         torch.manual_seed(cfg.trainer.seed)
         self.engine = role_engine(cfg, ctx.device, cfg.model.path, "causal_lm",
-                                  optim_spec(cfg.actor.optim, actor_optimizer_steps(cfg)), megatron=cfg.actor.megatron)
+                                  optim_spec(cfg.actor.optim, actor_optimizer_steps(cfg)), megatron=cfg.actor.megatron,
+                                  max_tokens=cfg.actor.max_tokens_per_micro_batch)
         if colocated:
             rollout = build_rollout(cfg.rollout, cfg.model.path, device=ctx.device, max_seq_len=max_seq_len(cfg),
                                     pad_token_id=pad_token_id, seed=cfg.trainer.seed + ctx.rank)

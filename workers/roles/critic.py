@@ -52,7 +52,8 @@ class CriticWorker(Worker):
         super().__init__(ctx)
         self.cfg = cfg
         self.engine = role_engine(cfg, ctx.device, cfg.critic.model_path, "value",
-                                  optim_spec(cfg.critic.optim, critic_optimizer_steps(cfg)))
+                                  optim_spec(cfg.critic.optim, critic_optimizer_steps(cfg)),
+                                  max_tokens=cfg.critic.max_tokens_per_micro_batch)
         register_engine("critic", self.engine)
         self.loss_fn = make_critic_loss(cfg)
         # its own stream (not the actor's), so adding a critic leaves the actor's mini-batch order unchanged

@@ -10,11 +10,13 @@ from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
 
 
 def role_engine(cfg: DictConfig, device: torch.device, model_path: str, model_kind: str,
-                optim: OptimSpec | None, *, megatron: DictConfig | None = None) -> TrainingEngine:
+                optim: OptimSpec | None, *, megatron: DictConfig | None = None,
+                max_tokens: int | None = None) -> TrainingEngine:
     """A role's training engine from the job config: trained when it gets an optimizer, frozen otherwise.
 
     Causal LMs (policy, reference) run on `trainer.backend`, with the role's `megatron` layout under
     backend=megatron; value and score heads (critic, reward model) always run on FSDP2.
+    max_tokens: the role's `max_tokens_per_micro_batch` (FSDP2; validation refuses it under Megatron).
     """
     if cfg.trainer.backend == "megatron" and model_kind == "causal_lm" and megatron is not None:
         from workers.engines.megatron.engine import MegatronEngine
@@ -25,12 +27,13 @@ def role_engine(cfg: DictConfig, device: torch.device, model_path: str, model_ki
                                   pipeline_model_parallel_size=megatron.pipeline_model_parallel_size,
                                   sequence_parallel=megatron.sequence_parallel)
         return MegatronEngine(spec, optim, device=device)
-    spec = fsdp_spec(model_path, model_kind, cfg.model, seed=cfg.trainer.seed, trainable=optim is not None)
+    spec = fsdp_spec(model_path, model_kind, cfg.model, seed=cfg.trainer.seed, trainable=optim is not None,
+                     max_tokens=max_tokens)
     return FSDPEngine(spec, optim, device=device)
 
 
 def fsdp_spec(model_path: str, model_kind: str, model_cfg: DictConfig, *, seed: int,
-              trainable: bool) -> FSDPEngineSpec:
+              trainable: bool, max_tokens: int | None = None) -> FSDPEngineSpec:
     """Master weights stay fp32 for trained roles; compute runs in model.dtype."""
     compute = model_cfg.dtype
     return FSDPEngineSpec(
@@ -43,6 +46,8 @@ def fsdp_spec(model_path: str, model_kind: str, model_cfg: DictConfig, *, seed: 
         activation_checkpointing=bool(model_cfg.gradient_checkpointing) and trainable,
         cpu_offload=False,
         attn_implementation="sdpa",
+        remove_padding=bool(model_cfg.remove_padding),
+        max_tokens_per_micro_batch=max_tokens,
         seed=seed,
     )
 

@@ -14,7 +14,8 @@ class RefWorker(Worker):
     def __init__(self, ctx: WorkerContext, cfg: DictConfig):
         super().__init__(ctx)
         self.cfg = cfg
-        self.engine = role_engine(cfg, ctx.device, cfg.model.path, "causal_lm", optim=None, megatron=cfg.ref.megatron)
+        self.engine = role_engine(cfg, ctx.device, cfg.model.path, "causal_lm", optim=None, megatron=cfg.ref.megatron,
+                                  max_tokens=cfg.ref.max_tokens_per_micro_batch)
         register_engine("ref", self.engine)
 
     @register(Dispatch.ONE_TO_ALL)

@@ -14,7 +14,8 @@ class RewardModelWorker(Worker):
     def __init__(self, ctx: WorkerContext, cfg: DictConfig):
         super().__init__(ctx)
         self.cfg = cfg
-        self.engine = role_engine(cfg, ctx.device, cfg.reward.reward_model.path, "reward", optim=None)
+        self.engine = role_engine(cfg, ctx.device, cfg.reward.reward_model.path, "reward", optim=None,
+                                  max_tokens=cfg.reward.reward_model.max_tokens_per_micro_batch)
         register_engine("reward_model", self.engine)
 
     @register(Dispatch.DP)

@@ -14,24 +14,36 @@ from torch.distributed import ProcessGroup
 from torch.distributed.tensor import DTensor, Shard
 
 from workers.batch import Batch
+from workers.engines.micro_batches import agree_on_count, plan_rows, row_lengths, split_to_count
 
 
 def split_micro_batches(
-    batch: Batch, micro_batch_size: int, group: ProcessGroup | None, device: torch.device
-) -> list[Batch]:
-    """Consecutive micro-batches; raises if ranks would run different numbers of forwards."""
-    micro = batch.split_by_size(micro_batch_size)
-    n = torch.tensor([len(micro), -len(micro)], dtype=torch.int64, device=device)
-    dist.all_reduce(n, op=dist.ReduceOp.MAX, group=group)
-    most, fewest = int(n[0]), -int(n[1])
-    if most != fewest:
-        raise RuntimeError(
-            f"data-parallel ranks disagree on the number of micro-batches ({fewest}..{most}); "
-            f"this rank has {len(batch)} rows at micro_batch_size={micro_batch_size}: give every rank the same rows"
-        )
-    if not micro:
+    batch: Batch, micro_batch_size: int, group: ProcessGroup | None, device: torch.device, *,
+    max_tokens: int | None = None, by_length: bool = False,
+) -> list[tuple[Tensor, Batch]]:
+    """(row indices, rows) of each micro-batch (workers/engines/micro_batches.py), the same count on every rank.
+
+    Without a token budget the count follows from the rows alone, so ranks that disagree were given
+    different rows: an error, not a hang. With one, ranks split micro-batches up to the group's largest count.
+    """
+    if len(batch) == 0:
         raise ValueError("empty batch: every data-parallel rank got 0 rows")
-    return micro
+    # a row costs its attended tokens once padding is removed (by_length), the full width otherwise
+    width = batch["attention_mask"].shape[1] if "attention_mask" in batch else 1
+    lengths = row_lengths(batch["attention_mask"]) if by_length else torch.full((len(batch),), width)
+    plans = plan_rows(lengths, micro_batch_size, max_tokens, sort=by_length)
+    if max_tokens is not None:
+        plans = split_to_count(plans, agree_on_count(len(plans), group, device))
+    else:
+        n = torch.tensor([len(plans), -len(plans)], dtype=torch.int64, device=device)
+        dist.all_reduce(n, op=dist.ReduceOp.MAX, group=group)
+        most, fewest = int(n[0]), -int(n[1])
+        if most != fewest:
+            raise RuntimeError(
+                f"data-parallel ranks disagree on the number of micro-batches ({fewest}..{most}); "
+                f"this rank has {len(batch)} rows at micro_batch_size={micro_batch_size}: give every rank the same rows"
+            )
+    return [(rows, batch.index(rows)) for rows in plans]
 
 
 def all_reduce_sum(values: Tensor, group: ProcessGroup | None) -> Tensor:

@@ -26,7 +26,7 @@ from workers.engines.fsdp2.collectives import split_micro_batches
 from workers.engines.fsdp2.forward import check_layout, model_forward
 from workers.engines.fsdp2.optim import apply_hyperparameters, build_lr_scheduler, build_optimizer
 from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
-from workers.engines.fsdp2.train_step import train_mini_batch
+from workers.engines.fsdp2.train_step import loss_norm, train_mini_batch
 
 
 class FSDPEngine(OffloadsWithOffloader):
@@ -74,15 +74,22 @@ class FSDPEngine(OffloadsWithOffloader):
     def _forward_fn(self, temperature: float | None, with_entropy: bool) -> Callable[[Batch], dict[str, Tensor]]:
         def forward(mb: Batch) -> dict[str, Tensor]:
             return model_forward(
-                self.module, self.spec.model_kind, mb, self.device, temperature=temperature, with_entropy=with_entropy
+                self.module, self.spec.model_kind, mb, self.device, temperature=temperature, with_entropy=with_entropy,
+                remove_padding=self.spec.remove_padding,
             )
 
         return forward
 
     @torch.no_grad()
     def _infer(self, batch: Batch, micro_batch_size: int, forward: Callable[[Batch], dict[str, Tensor]]) -> dict[str, Tensor]:
-        outs = [forward(mb) for mb in split_micro_batches(batch, micro_batch_size, self.dp_group, self.device)]
-        return {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
+        plans = self._micro_batches(batch, micro_batch_size)
+        outs = [forward(mb) for _, mb in plans]
+        back = torch.argsort(torch.cat([rows for rows, _ in plans]))  # micro-batch order -> the batch's order
+        return {k: torch.cat([o[k] for o in outs]).cpu()[back] for k in outs[0]}
+
+    def _micro_batches(self, batch: Batch, micro_batch_size: int) -> list[tuple[Tensor, Batch]]:
+        return split_micro_batches(batch, micro_batch_size, self.dp_group, self.device,
+                                   max_tokens=self.spec.max_tokens_per_micro_batch, by_length=self.spec.remove_padding)
 
     def _require_kind(self, kind: str, what: str) -> None:
         if self.spec.model_kind != kind:
@@ -132,9 +139,9 @@ class FSDPEngine(OffloadsWithOffloader):
             self.optimizer,
             self.lr_scheduler,
             self._forward_fn(temperature, with_entropy),
-            batch,
             loss_fn,
-            micro_batch_size=micro_batch_size,
+            self._micro_batches(batch, micro_batch_size),
+            norm=loss_norm(batch, self.dp_group, self.dp_size, self.device),
             grad_clip=self.optim_spec.grad_clip,
             group=self.dp_group,
             dp_size=self.dp_size,

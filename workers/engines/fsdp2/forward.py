@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from workers.batch import Batch
 from workers.engines.chunked_logprobs import chunked_log_probs
+from workers.engines.compaction import Compacted, compact
 
 MODEL_INPUT_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids")
 # Positions scored in fp32 at once (workers/engines/chunked_logprobs.py): 1,024 x 151,936 vocab x 4 B = 0.6 GB.
@@ -29,28 +30,62 @@ def _inputs(batch: Batch, device: torch.device) -> dict[str, Tensor]:
     return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUT_KEYS}
 
 
+def _compacted(batch: Batch, device: torch.device, remove_padding: bool) -> Compacted | None:
+    """The micro-batch with its padding removed (workers/engines/compaction.py), or None to run it padded."""
+    if not remove_padding:
+        return None
+    inputs = _inputs(batch, device)
+    response_width = batch["responses"].shape[1] if "responses" in batch else 0
+    return compact(inputs, inputs["input_ids"].shape[1] - response_width)
+
+
+def _response_cells(values: Tensor, column: Tensor, valid: Tensor) -> Tensor:
+    """values [b, W] read at column [b, R]; 0 where a row has no token (its gradient is 0 there too)."""
+    return torch.where(valid, values.gather(1, column), torch.zeros((), dtype=values.dtype, device=values.device))
+
+
 def causal_lm_forward(
     module: nn.Module, batch: Batch, device: torch.device, *, temperature: float, with_entropy: bool,
-    chunk_positions: int = LOGPROB_CHUNK_POSITIONS,
+    remove_padding: bool = False, chunk_positions: int = LOGPROB_CHUNK_POSITIONS,
 ) -> dict[str, Tensor]:
     """log_probs [b, R] (and entropy [b, R]) in float32 from logits / temperature, chunk by chunk."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (greedy rollouts score with 1.0), got {temperature}")
     responses = batch["responses"].to(device, non_blocking=True)
     r = responses.shape[1]
-    out = module(**_inputs(batch, device), use_cache=False, logits_to_keep=r + 1)
-    return chunked_log_probs(out.logits[:, :-1, :], responses, temperature=temperature, with_entropy=with_entropy,
-                             chunk_positions=chunk_positions)
+    packed = _compacted(batch, device, remove_padding)
+    if packed is None:
+        out = module(**_inputs(batch, device), use_cache=False, logits_to_keep=r + 1)
+        return chunked_log_probs(out.logits[:, :-1, :], responses, temperature=temperature,
+                                 with_entropy=with_entropy, chunk_positions=chunk_positions)
+    column, valid = packed.response_columns(r)
+    # project only the columns some row predicts a response token from: [first, width)
+    first = int(torch.where(valid, column, packed.width - 1).min())
+    keep = packed.width - first
+    out = module(**packed.inputs, use_cache=False, logits_to_keep=keep)
+    # the token each kept column predicts in its own row (a dummy where it predicts none)
+    kept = torch.arange(first, packed.width, device=device)
+    t = kept[None, :] - (packed.prompt_width - 1 - packed.start[:, None])
+    targets = responses.gather(1, t.clamp(0, r - 1))
+    scored = chunked_log_probs(out.logits, targets, temperature=temperature, with_entropy=with_entropy,
+                               chunk_positions=chunk_positions)
+    return {k: _response_cells(v, column - first, valid) for k, v in scored.items()}
 
 
-def value_forward(module: nn.Module, batch: Batch, device: torch.device) -> dict[str, Tensor]:
+def value_forward(module: nn.Module, batch: Batch, device: torch.device, *,
+                  remove_padding: bool = False) -> dict[str, Tensor]:
     """values [b, R]: the value head at P-1+t, i.e. the state before response token t is emitted."""
     r = batch["responses"].shape[1]
-    out = module(**_inputs(batch, device), use_cache=False)
-    return {"values": out.logits[:, -r - 1 : -1, 0].float()}
+    packed = _compacted(batch, device, remove_padding)
+    if packed is None:
+        out = module(**_inputs(batch, device), use_cache=False)
+        return {"values": out.logits[:, -r - 1 : -1, 0].float()}
+    out = module(**packed.inputs, use_cache=False)
+    return {"values": _response_cells(out.logits[..., 0].float(), *packed.response_columns(r))}
 
 
-def reward_forward(module: nn.Module, batch: Batch, device: torch.device) -> dict[str, Tensor]:
+def reward_forward(module: nn.Module, batch: Batch, device: torch.device, *,
+                   remove_padding: bool = False) -> dict[str, Tensor]:
     """scores [b]: the score head at each row's last attended token.
 
     HF pools at the last token that differs from pad_token_id, which is wrong when EOS ==
@@ -59,15 +94,19 @@ def reward_forward(module: nn.Module, batch: Batch, device: torch.device) -> dic
     """
     captured: list[Tensor] = []
     handle = module.score.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    inputs = _inputs(batch, device)
+    packed = _compacted(batch, device, remove_padding)
+    inputs = packed.inputs if packed is not None else _inputs(batch, device)
     try:
         out = module(**inputs, use_cache=False)
     finally:
         handle.remove()
     per_token = captured[0][..., 0].float()  # [b, T]
     mask = inputs["attention_mask"]
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = (positions * (mask > 0)).argmax(dim=-1)
+    if packed is not None:
+        last = packed.last_columns()
+    else:
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (positions * (mask > 0)).argmax(dim=-1)
     scores = per_token[torch.arange(per_token.shape[0], device=mask.device), last]
     if torch.is_grad_enabled():
         # FSDP2 re-gathers the root group's parameters (the score head among them) for backward from a
@@ -84,6 +123,7 @@ def model_forward(
     *,
     temperature: float | None,
     with_entropy: bool,
+    remove_padding: bool = False,
 ) -> dict[str, Tensor]:
     """The outputs a loss or a compute_* call needs for this model kind.
 
@@ -93,9 +133,10 @@ def model_forward(
     if model_kind == "causal_lm":
         if temperature is None:
             raise ValueError("a causal LM forward needs a temperature")
-        return causal_lm_forward(module, batch, device, temperature=temperature, with_entropy=with_entropy)
+        return causal_lm_forward(module, batch, device, temperature=temperature, with_entropy=with_entropy,
+                                 remove_padding=remove_padding)
     if temperature is not None or with_entropy:
         raise ValueError(f"temperature/with_entropy apply to causal LMs only, not model_kind {model_kind!r}")
     if model_kind == "value":
-        return value_forward(module, batch, device)
-    return reward_forward(module, batch, device)
+        return value_forward(module, batch, device, remove_padding=remove_padding)
+    return reward_forward(module, batch, device, remove_padding=remove_padding)

@@ -29,6 +29,10 @@ class FSDPEngineSpec:
     activation_checkpointing: recompute each decoder layer in backward instead of storing it.
     cpu_offload: keep sharded parameters, gradients and optimizer state in host memory.
     attn_implementation: HF attention kernel ("sdpa", "eager", "flash_attention_2").
+    remove_padding: run forwards on rows shifted to drop their padding (workers/engines/compaction.py);
+        outputs equal the padded path's, micro-batches are formed from rows of similar length.
+    max_tokens_per_micro_batch: also cut micro-batches at this many tokens (rows x longest row,
+        or x full width when padded); None: rows only. Same loss and gradients under any budget.
     seed: seeds torch before loading, so freshly initialised heads (a critic's value head)
         are identical on every rank and across runs.
     """
@@ -42,11 +46,15 @@ class FSDPEngineSpec:
     activation_checkpointing: bool
     cpu_offload: bool
     attn_implementation: str
+    remove_padding: bool
+    max_tokens_per_micro_batch: int | None
     seed: int
 
     def __post_init__(self) -> None:
         if self.model_kind not in MODEL_KINDS:
             raise ValueError(f"unknown model_kind {self.model_kind!r}; known: {', '.join(MODEL_KINDS)}")
+        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
+            raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or None, got {self.max_tokens_per_micro_batch}")
         for name in ("master_dtype", "param_dtype", "reduce_dtype"):
             to_dtype(getattr(self, name))
 

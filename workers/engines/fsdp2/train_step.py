@@ -18,8 +18,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from workers.batch import Batch
 from workers.engines import LossFn, LossNorm
-from workers.engines.fsdp2.collectives import (all_reduce_sum, clip_grads_, global_grad_norm,
-                                               local_param_square_sum, split_micro_batches)
+from workers.engines.fsdp2.collectives import all_reduce_sum, clip_grads_, global_grad_norm, local_param_square_sum
 
 RESERVED_METRICS: tuple[str, ...] = ("loss", "grad_norm", "lr", "step_skipped", "param_norm")
 
@@ -37,16 +36,16 @@ def train_mini_batch(
     optimizer: torch.optim.Optimizer,
     scheduler: LRScheduler,
     forward: Callable[[Batch], dict[str, Tensor]],
-    batch: Batch,
     loss_fn: LossFn,
+    micro_batches: list[tuple[Tensor, Batch]],
     *,
-    micro_batch_size: int,
+    norm: LossNorm,
     grad_clip: float | None,
     group: ProcessGroup | None,
     dp_size: int,
     device: torch.device,
 ) -> dict[str, float]:
-    """Accumulate over micro-batches, clip by the global norm, step optimizer and LR, free the grads.
+    """Accumulate over the planned micro-batches (any split: `norm` holds the global counts), clip by the global norm, step optimizer and LR, free the grads.
 
     Returns, identical on every rank: `loss` (the global mini-batch loss: all contributions
     summed), the loss_fn metrics averaged over micro-batches and ranks, `grad_norm` (before
@@ -55,8 +54,7 @@ def train_mini_batch(
     (L2 norm of all weights after the step: the driver's divergence guard reads it).
     """
     optimizer.zero_grad(set_to_none=True)
-    norm = loss_norm(batch, group, dp_size, device)
-    micro = split_micro_batches(batch, micro_batch_size, group, device)
+    micro = [mb for _, mb in micro_batches]
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     metric_sums: dict[str, Tensor] = {}
     for mb in micro:
