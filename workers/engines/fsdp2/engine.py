@@ -87,9 +87,16 @@ class FSDPEngine(OffloadsWithOffloader):
         back = torch.argsort(torch.cat([rows for rows, _ in plans]))  # micro-batch order -> the batch's order
         return {k: torch.cat([o[k] for o in outs]).cpu()[back] for k in outs[0]}
 
-    def _micro_batches(self, batch: Batch, micro_batch_size: int) -> list[tuple[Tensor, Batch]]:
+    def _micro_batches(self, batch: Batch, micro_batch_size: int, *,
+                       keep_order: bool = False) -> list[tuple[Tensor, Batch]]:
+        """keep_order: consecutive rows in order, `micro_batch_size` at a time, for a loss that reads rows
+        together (the Bradley-Terry loss pairs row 2i with 2i+1); no length sorting, no token budget."""
+        if keep_order and self.spec.max_tokens_per_micro_batch is not None:
+            raise ValueError("max_tokens_per_micro_batch would split the (chosen, rejected) row pairs that "
+                             "reward-model training reads together; leave it null for this engine")
         return split_micro_batches(batch, micro_batch_size, self.dp_group, self.device,
-                                   max_tokens=self.spec.max_tokens_per_micro_batch, by_length=self.spec.remove_padding)
+                                   max_tokens=self.spec.max_tokens_per_micro_batch,
+                                   by_length=self.spec.remove_padding and not keep_order)
 
     def _require_kind(self, kind: str, what: str) -> None:
         if self.spec.model_kind != kind:
@@ -140,7 +147,7 @@ class FSDPEngine(OffloadsWithOffloader):
             self.lr_scheduler,
             self._forward_fn(temperature, with_entropy),
             loss_fn,
-            self._micro_batches(batch, micro_batch_size),
+            self._micro_batches(batch, micro_batch_size, keep_order=self.spec.model_kind == "reward"),
             norm=loss_norm(batch, self.dp_group, self.dp_size, self.device),
             grad_clip=self.optim_spec.grad_clip,
             group=self.dp_group,
