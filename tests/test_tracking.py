@@ -34,8 +34,10 @@ def _synthetic_log(path: Path) -> None:
     """A 3-step run: accuracy 0.2 -> 0.5 (validated at steps 0 and 3), reward 0.1 -> 0.4."""
     tracker = Tracker(path.parent, ["jsonl"], "synthetic")
     tracker.log(0, {"val/accuracy": 0.2})
-    tracker.log(1, {"reward/mean": 0.1, "timing_s/generate": 2.0, "timing_s/update": 1.0})
-    tracker.log(2, {"reward/mean": 0.3, "timing_s/generate": 4.0, "timing_s/update": 1.0})
+    tracker.log(1, {"reward/mean": 0.1, "timing_s/generate": 2.0, "timing_s/update": 1.0,
+                    "perf/tokens_per_s/update": 900.0, "perf/mfu/update": 0.1})
+    tracker.log(2, {"reward/mean": 0.3, "timing_s/generate": 4.0, "timing_s/update": 1.0,
+                    "perf/tokens_per_s/update": 1100.0, "perf/mfu/update": float("nan")})
     tracker.log(3, {"reward/mean": 0.4, "timing_s/generate": 3.0, "timing_s/update": 1.0, "val/accuracy": 0.5})
     tracker.close()
 
@@ -176,11 +178,11 @@ def test_summary_json_keys_and_values(tmp_path: Path) -> None:
         "schema_version", "experiment_name", "steps", "wall_time_s", "seconds_per_step",
         "accuracy_key", "accuracy_start", "accuracy_end", "accuracy_start_step", "accuracy_end_step",
         "accuracy_change_points", "reward_key", "reward_start", "reward_end", "reward_start_step",
-        "reward_end_step", "reward_change", "phase_mean_s", "peak_memory_driver_gib",
+        "reward_end_step", "reward_change", "phase_mean_s", "perf_mean", "peak_memory_driver_gib",
         "peak_memory_workers_gib", "peak_memory_total_gib", "peak_memory_by_worker_gib", "paths",
         "status", "status_message", "restarts", "lost_steps", "skipped_steps",
     }  # fmt: skip
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert (data["status"], data["restarts"], data["lost_steps"], data["skipped_steps"]) == ("completed", 0, 0, 0)
     assert (data["accuracy_start"], data["accuracy_end"]) == (0.2, 0.5)
     assert (data["accuracy_start_step"], data["accuracy_end_step"]) == (0, 3)
@@ -189,6 +191,7 @@ def test_summary_json_keys_and_values(tmp_path: Path) -> None:
     assert data["reward_change"] == pytest.approx(0.3)
     assert data["steps"] == 3 and data["seconds_per_step"] == 4.0
     assert data["phase_mean_s"] == {"generate": 3.0, "update": 1.0}
+    assert data["perf_mean"] == {"tokens_per_s/update": 1000.0, "mfu/update": 0.1}  # a NaN step is left out
     assert data["peak_memory_driver_gib"] == 1.0
     assert data["peak_memory_workers_gib"] == 5.0
     assert data["peak_memory_total_gib"] == 6.0
@@ -216,7 +219,8 @@ def test_summary_with_metrics_never_logged(tmp_path: Path) -> None:
 def test_render_table_shows_the_figures(tmp_path: Path) -> None:
     table = _summary(tmp_path).render_table()
     for text in ("synthetic", "20.0% -> 50.0%", "+30.0 points", "0.1000 -> 0.4000", "+0.3000",
-                 "generate", "3.000", "4.00", "6.00", "upper bound", str(tmp_path / "ckpt")):  # fmt: skip
+                 "generate", "3.000", "4.00", "6.00", "upper bound", "1,000 tok/s, MFU 10.0%",
+                 str(tmp_path / "ckpt")):  # fmt: skip
         assert text in table, text
     assert table.isascii()
     rows = [line for line in table.splitlines() if line.startswith("  ")]

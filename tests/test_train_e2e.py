@@ -41,8 +41,14 @@ def test_grpo_runs_three_steps_and_writes_what_a_person_reads(grpo_run):
         # rollout statistics describe the whole batch (4 prompts x 2 samples), not rank 0's half of it
         assert r["rollout/num_sequences"] == 8
         assert r["rollout/tokens_generated"] == pytest.approx(8 * r["response_length/mean"])
+        # per-phase throughput: generation counts generated tokens, training-side phases every attended token
+        assert r["perf/tokens_per_s/generate"] == pytest.approx(r["rollout/tokens_generated"] / r["timing_s/generate"])
+        assert r["perf/tokens_per_s/ref"] > r["rollout/tokens_generated"] / r["timing_s/ref"]  # prompts count too
+        for phase in ("generate", "old_log_prob", "ref", "update_actor"):
+            assert 0 < r[f"perf/mfu/{phase}"] < 1, phase
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["steps"] == 3 and on_disk["accuracy_key"] == "val/accuracy"
+    assert 0 < on_disk["perf_mean"]["mfu/update_actor"] < 1 and on_disk["perf_mean"]["tokens_per_s/ref"] > 0
     assert summary["steps"] == 3
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((run / "tensorboard").iterdir())

@@ -1,6 +1,6 @@
 r"""The end-of-run summary a person reads first: did it learn, how long, how big.
 
-`summary.json` keys (schema_version 1; all floats are plain JSON numbers,
+`summary.json` keys (schema_version 3; all floats are plain JSON numbers,
 missing figures are null):
 
 | key                       | type          | meaning                                                          |
@@ -23,6 +23,8 @@ missing figures are null):
 | reward_end_step           | int \| null   | step of reward_end                                               |
 | reward_change             | float \| null | reward_end - reward_start, in reward units                       |
 | phase_mean_s              | {str: float}  | phase -> mean seconds over the records that timed it             |
+| perf_mean                 | {str: float}  | "tokens_per_s/<phase>" and "mfu/<phase>" -> mean over the steps  |
+|                           |               | (orchestrator/tracking/flops.py says what is counted)            |
 | peak_memory_driver_gib    | float         | driver process peak RSS, GiB                                     |
 | peak_memory_workers_gib   | float         | sum of the worker processes' peak RSS, GiB                       |
 | peak_memory_total_gib     | float         | driver + workers: upper bound on the joint peak, GiB             |
@@ -44,6 +46,7 @@ the original start.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -54,9 +57,11 @@ from typing import Any
 
 from orchestrator.tracking.memory import PeakMemory, bytes_to_gib
 from orchestrator.tracking.timer import TIMING_PREFIX
+
+PERF_PREFIX = "perf/"
 from orchestrator.tracking.tracker import read_metrics_jsonl
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Float noise such as 30.000000000000004 is cut at this many decimals in derived changes.
 CHANGE_DECIMALS = 6
 
@@ -112,14 +117,14 @@ class MetricSpan:
         return round(self.end - self.start, CHANGE_DECIMALS)
 
 
-def phase_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Mean of every `timing_s/<phase>` over the records that carry it, keyed by phase."""
+def phase_means(records: Sequence[Mapping[str, Any]], prefix: str = TIMING_PREFIX) -> dict[str, float]:
+    """Mean of every `<prefix><name>` over the records that carry it as a number, keyed by name."""
     totals: dict[str, list[float]] = {}
     for record in records:
         for key, value in record.items():
-            if key.startswith(TIMING_PREFIX) and value is not None:
-                totals.setdefault(key[len(TIMING_PREFIX) :], []).append(float(value))
-    return {phase: sum(values) / len(values) for phase, values in totals.items()}
+            if key.startswith(prefix) and value is not None and math.isfinite(float(value)):
+                totals.setdefault(key[len(prefix) :], []).append(float(value))
+    return {name: sum(values) / len(values) for name, values in totals.items()}
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,7 @@ class RunSummary:
     peak_memory: PeakMemory
     paths: OutputPaths
     health: RunHealth = RunHealth()
+    perf_mean: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_records(
@@ -160,6 +166,7 @@ class RunSummary:
             peak_memory=peak_memory,
             paths=paths,
             health=health,
+            perf_mean=phase_means(records, PERF_PREFIX),
         )
 
     @classmethod
@@ -221,6 +228,7 @@ class RunSummary:
             "reward_end_step": self.reward.end_step,
             "reward_change": self.reward.change,
             "phase_mean_s": dict(self.phase_mean_s),
+            "perf_mean": dict(self.perf_mean),
             "peak_memory_driver_gib": bytes_to_gib(memory.driver_bytes),
             "peak_memory_workers_gib": bytes_to_gib(memory.workers_bytes),
             "peak_memory_total_gib": bytes_to_gib(memory.total_bytes),
@@ -241,6 +249,10 @@ class RunSummary:
         tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return path
+
+    def _perf_text(self, phase: str) -> str:
+        rate, mfu = self.perf_mean.get(f"tokens_per_s/{phase}"), self.perf_mean.get(f"mfu/{phase}")
+        return f"{_num(rate, ',.0f')} tok/s" + ("" if mfu is None else f", MFU {100 * mfu:.1f}%")
 
     def render_table(self) -> str:
         """A plain-ASCII aligned table for the terminal and CI logs (no colour, no box glyphs)."""
@@ -265,6 +277,11 @@ class RunSummary:
                 "Mean seconds per phase",
                 [(phase, f"{seconds:.3f}") for phase, seconds in sorted(self.phase_mean_s.items())]
                 or [("(no phases timed)", "")],
+            ),
+            (
+                "Throughput per phase (tokens/s, MFU)",
+                [(phase, self._perf_text(phase)) for phase in sorted({k.split("/", 1)[1] for k in self.perf_mean})]
+                or [("(not measured)", "")],
             ),
             (
                 "Peak host memory, GiB (sum of per-process peaks)",

@@ -19,6 +19,8 @@ from orchestrator.advantages.registry import get_advantage_estimator
 from orchestrator import rollout_correction
 from orchestrator.kl_control import make_kl_controller
 from orchestrator.tracking import Tracker, TrainingProgress, phase_timer, throughput
+from orchestrator.tracking.flops import MFU_PREFIX, phase_flops
+from orchestrator.tracking.timer import timing_key
 from orchestrator.trainer import checkpointing, stages
 from orchestrator.trainer.data import PromptStream, prompts_to_batch
 from orchestrator.run_errors import TrainingStopped
@@ -31,6 +33,7 @@ from workers.rollout.base import SamplingParams
 from workers.rollout.layout import concat_rollouts
 
 log = logging.getLogger("baton.trainer")
+TRAINING_PHASES = ("old_log_prob", "ref", "values", "update_critic", "update_actor")  # whole-row forwards
 
 
 def mean_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
@@ -53,6 +56,7 @@ class RLTrainer:
         self.last_batch: Batch | None = None
         self.loop_started: float | None = None
         self.step = 0
+        self.flops = phase_flops(cfg.model.path, on_gpu=bool(cfg.cluster.use_gpu))
 
     # --- sampling parameters ------------------------------------------------------------
 
@@ -177,11 +181,21 @@ class RLTrainer:
                 m.update(mean_metrics(self.actor.update_actor(batch)))
         with phase_timer("sync", m):
             m.update(self.roles.sync_weights())
-        for phase in ("generate", "old_log_prob", "update_actor"):
-            if f"timing_s/{phase}" in m:
-                throughput(m, phase, tokens)
+        self.record_throughput(m, generated=tokens, attended=float(batch["attention_mask"].sum()))
         self.last_batch = batch
         return m
+
+    def record_throughput(self, m: dict[str, float], *, generated: float, attended: float) -> None:
+        """`perf/tokens_per_s/<phase>` and `perf/mfu/<phase>` (see orchestrator/tracking/flops.py): generation
+        counts generated tokens, training-side phases every attended token (their forwards process them all)."""
+        for phase in ("generate", *TRAINING_PHASES):
+            if timing_key(phase) not in m:
+                continue
+            rate = throughput(m, phase, generated if phase == "generate" else attended)
+            ranks = (self.rollout if phase == "generate" else self.actor).world_size
+            mfu = self.flops.mfu(phase, rate, ranks)
+            if mfu is not None:
+                m[f"{MFU_PREFIX}{phase}"] = mfu
 
     # --- validation, checkpoints, the loop ----------------------------------------------------
 
