@@ -1,9 +1,12 @@
 """Named sets of variants of the default job, side by side (orchestrator/bench/variants.py runs them).
 
-Not a test: `baton bench backends|corrections --steps 40 [--write] [key=value ...]`.
+Not a test: `baton bench backends|padding|corrections --steps 40 [--write] [key=value ...]`.
 - backends: FSDP2 against Megatron-core with tensor parallel 2 and with pipeline parallel 2. Megatron must
   learn as FSDP2 does; s/step shows what each layout costs here (2 CPU ranks: TP and PP add collectives and a
   pipeline bubble that data parallelism does not have).
+- padding: every training-side forward on padded [prompt | response] rows against rows with their padding
+  removed (workers/engines/compaction.py), and with token-budget micro-batches on top. Same outputs, so the
+  same learning; s/step shows what the padding cost.
 - corrections: the trainer recomputing old log-probs (rollout_correction.mode=none) against bypass (the
   rollout's log-probs are the old ones, no recompute pass). Bypass must learn as well and be faster.
 """
@@ -19,6 +22,12 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
         "fsdp2 (dp2)": ["backend=fsdp2"],
         "megatron tp2": ["backend=megatron", "actor.megatron.tensor_model_parallel_size=2"],
         "megatron pp2": ["backend=megatron", "actor.megatron.pipeline_model_parallel_size=2"],
+    }),
+    "padding": ("training forwards", "Padding removal on the default job", {
+        "padded": ["model.remove_padding=false"],
+        "padding removed": ["model.remove_padding=true"],
+        "removed + 512-token micro-batches": ["model.remove_padding=true", "actor.max_tokens_per_micro_batch=512",
+                                              "ref.max_tokens_per_micro_batch=512"],
     }),
     "corrections": ("old log-probs", "Rollout correction: recompute vs bypass on the default job", {
         "recompute (mode=none)": ["algorithm.rollout_correction.mode=none"],

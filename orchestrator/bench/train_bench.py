@@ -1,0 +1,168 @@
+"""Training-side throughput: padded rows against rows with their padding removed, side by side.
+
+Not a test: `baton bench train [--shapes 16x24,64x192] [--rows 64] [--write]`. For each shape
+(prompt width x response width) one batch is drawn with real lengths uniform in [1, width] (the
+default job's rollouts fill about half of their row), and three FSDP2 engines on the same weights
+run it in turn, `repeats` rounds: padded (model.remove_padding=false), padding removed, and removed
+with a token budget per micro-batch. Reported per engine and pass (log-probs: forward only; update:
+forward + backward + optimizer step):
+
+- real tok/s: attended tokens / seconds, the throughput a user gets;
+- MFU: model FLOPs on the real tokens (2 N per token forward, 6 N with backward, N and the rest of
+  the convention as in orchestrator/tracking/flops.py) / seconds / this machine's measured peak: the
+  best fp32 GFLOP/s of a 1024^2 matmul on the same threads in this process, measured first.
+
+One rank, one torch thread by default (what each Ray actor gets), the shipped tiny model's shape.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "padded": {"remove_padding": False, "max_tokens_per_micro_batch": None},
+    "removed": {"remove_padding": True, "max_tokens_per_micro_batch": None},
+    "removed+budget": {"remove_padding": True, "max_tokens_per_micro_batch": 512},
+}
+
+
+def make_batch(rows: int, prompt_width: int, response_width: int, vocab: int, seed: int) -> Any:
+    """Rollout-layout rows with real prompt/response lengths uniform in [1, width]."""
+    from workers.batch import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    width = prompt_width + response_width
+    ids = torch.zeros(rows, width, dtype=torch.long)
+    attn = torch.zeros(rows, width, dtype=torch.long)
+    for i in range(rows):
+        pl = int(torch.randint(1, prompt_width + 1, (1,), generator=g))
+        rl = int(torch.randint(1, response_width + 1, (1,), generator=g))
+        ids[i, prompt_width - pl:prompt_width + rl] = torch.randint(3, vocab, (pl + rl,), generator=g)
+        attn[i, prompt_width - pl:prompt_width + rl] = 1
+    return Batch.from_dict({
+        "input_ids": ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
+        "responses": ids[:, prompt_width:].clone(), "response_mask": attn[:, prompt_width:].clone(),
+    })
+
+
+def _engine(path: Path, over: dict[str, Any]) -> Any:
+    from workers.engines.fsdp2 import FSDPEngine
+    from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
+
+    spec = FSDPEngineSpec(model_path=str(path), model_kind="causal_lm", master_dtype="float32", param_dtype="float32",
+                          reduce_dtype="float32", reshard_after_forward=True, activation_checkpointing=False,
+                          cpu_offload=False, attn_implementation="sdpa", seed=0, **over)
+    optim = OptimSpec(lr=1e-6, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
+                      total_steps=10_000, schedule="constant", min_lr_ratio=0.0)
+    return FSDPEngine(spec, optim, device=torch.device("cpu"))
+
+
+def _time_rounds(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per call, one warm-up each, the runners interleaved round by round (noise hits all alike)."""
+    for run in runs.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in seconds.items()}
+
+
+def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats: int, threads: int) -> list[dict]:
+    from orchestrator.assets.tiny_model import build_tiny_model
+    from workers.losses.sft import sft_loss
+
+    from orchestrator.tracking.flops import matmul_params, matmul_peak_flops
+
+    torch.set_num_threads(threads)
+    peak = matmul_peak_flops(size=1024, threads=threads) / 1e9
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29571")
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp}/rendezvous",
+                                timeout=datetime.timedelta(minutes=5))
+        try:
+            longest = max(p + r for p, r in shapes)
+            path = build_tiny_model(Path(tmp) / "model", arch="qwen2", hidden_size=256, num_layers=4, num_heads=8,
+                                    num_kv_heads=4, intermediate_size=768, max_position_embeddings=longest,
+                                    seed=0, tie_word_embeddings=True)
+            engines = {name: _engine(path, over) for name, over in VARIANTS.items()}
+            params = matmul_params(path)  # the FLOP model of orchestrator/tracking/flops.py
+            vocab = next(iter(engines.values())).hf_config.vocab_size
+            table = []
+            for prompt_width, response_width in shapes:
+                batch = make_batch(rows, prompt_width, response_width, vocab=vocab,
+                                   seed=prompt_width * 1000 + response_width)
+                real = int(batch["attention_mask"].sum())
+                passes = {
+                    "log-probs": (2, lambda e: e.compute_log_probs(batch, temperature=1.0, micro_batch_size=micro_batch_size,
+                                                                   with_entropy=False)),
+                    "update": (6, lambda e: e.train_mini_batch(batch, sft_loss, micro_batch_size=micro_batch_size,
+                                                               temperature=1.0, with_entropy=False)),
+                }
+                for pass_name, (flops_per_param, call) in passes.items():
+                    times = _time_rounds({n: (lambda e=e, call=call: call(e)) for n, e in engines.items()}, repeats)
+                    for name, seconds in times.items():
+                        table.append({"shape": f"{prompt_width}x{response_width}", "rows": rows, "pass": pass_name,
+                                      "variant": name, "seconds": seconds, "real_tokens": real,
+                                      "row_tokens": rows * (prompt_width + response_width),
+                                      "tok_s": real / seconds,
+                                      "mfu": flops_per_param * params * real / seconds / (peak * 1e9),
+                                      "speedup": times["padded"] / seconds})
+        finally:
+            dist.destroy_process_group()
+    print(f"peak (fp32 1024^3 matmul, {threads} thread(s)): {peak:.1f} GFLOP/s; model {params / 1e6:.2f}M params")
+    return table
+
+
+def render(table: list[dict]) -> str:
+    lines = ["| shape (P x R) | rows | pass | variant | real tokens / row tokens | s | real tok/s | MFU | vs padded |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['shape']} | {r['rows']} | {r['pass']} | {r['variant']} | {r['real_tokens']} / "
+                     f"{r['row_tokens']} | {r['seconds']:.3f} | {r['tok_s']:,.0f} | {100 * r['mfu']:.1f}% | "
+                     f"{r['speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+def _shape(text: str) -> tuple[int, int]:
+    prompt, _, response = text.partition("x")
+    return int(prompt), int(response)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="baton bench train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="16x24,64x192", help="prompt_width x response_width, comma-separated")
+    parser.add_argument("--rows", type=int, default=64, help="rows per batch (the default job: 64 per rank)")
+    parser.add_argument("--micro-batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a Ray actor gets 1)")
+    parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    shapes = [_shape(s) for s in args.shapes.split(",")]
+    table = render(run(shapes, args.rows, args.micro_batch_size, args.repeats, args.threads))
+    print(table)
+    if args.write:
+        from orchestrator.bench.variants import append_section
+
+        command = (f"baton bench train --shapes {args.shapes} --rows {args.rows} --micro-batch-size "
+                   f"{args.micro_batch_size} --repeats {args.repeats} --threads {args.threads}")
+        append_section("Training throughput: padded vs padding removed (`baton bench train`)", command,
+                       "FSDP2, one rank, the tiny model's shape; real lengths uniform in [1, width]; median of "
+                       "the repeats, variants interleaved; MFU against the measured matmul peak.", table)
+
+
+if __name__ == "__main__":
+    main()
