@@ -13,6 +13,7 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from fsdp_harness import finish_rank, shutdown_gloo
 import torch.multiprocessing as mp
@@ -67,7 +68,7 @@ def engine_spec(path: str, kind: str, **over: object) -> FSDPEngineSpec:
     fields = dict(
         model_path=path, model_kind=kind, master_dtype="float32", param_dtype="float32", reduce_dtype="float32",
         reshard_after_forward=True, activation_checkpointing=False, cpu_offload=False, attn_implementation="sdpa",
-        remove_padding=True, max_tokens_per_micro_batch=None, seed=0,
+        remove_padding=True, max_tokens_per_micro_batch=None, gather_once=False, seed=0,
     )
     fields.update(over)
     return FSDPEngineSpec(**fields)  # type: ignore[arg-type]
@@ -324,7 +325,8 @@ def check_padding_removal(rank: int, path: str, tmp: str) -> None:
     batch = make_skewed_batch()
     mine, real = my_rows(batch, rank), batch["response_mask"].bool()
     plans = {"padded": dict(remove_padding=False), "packed": {},
-             "budget": dict(max_tokens_per_micro_batch=24)}  # rank 0: 3 micro-batches; rank 1 plans 1, splits to 3
+             "budget": dict(max_tokens_per_micro_batch=24),  # rank 0: 3 micro-batches; rank 1 plans 1, splits to 3
+             "budget, gathered once": dict(max_tokens_per_micro_batch=24, gather_once=True)}
     for kind, loss in (("causal_lm", policy_like_loss), ("value", value_loss_fn)):
         engines = {name: FSDPEngine(engine_spec(path, kind, **over), optim_spec(), device=CPU)
                    for name, over in plans.items()}
@@ -338,7 +340,9 @@ def check_padding_removal(rank: int, path: str, tmp: str) -> None:
             outs[name] = {k: gather_rows(v) for k, v in out.items()}
             kw = dict(temperature=0.8, with_entropy=True) if kind == "causal_lm" else dict(temperature=None, with_entropy=False)
             metrics[name] = e.train_mini_batch(mine, loss, micro_batch_size=4, **kw)
-        for name in ("packed", "budget"):
+        for name, e in engines.items():  # every pass ends with the weights sharded again (DTensor shards)
+            assert all(isinstance(p, DTensor) for p in e.module.parameters()), name
+        for name in ("packed", "budget", "budget, gathered once"):
             for key, value in outs[name].items():
                 assert (value - outs["padded"][key])[real].abs().max() <= 1e-5, (kind, name, key)
                 assert not value[~real].any(), (kind, name, key)  # no token, no value
@@ -349,6 +353,7 @@ def check_padding_removal(rank: int, path: str, tmp: str) -> None:
                                    .compute_scores(mine, micro_batch_size=4)) for name, over in plans.items()}
     assert (rm_scores["packed"] - rm_scores["padded"]).abs().max() <= 1e-5
     assert (rm_scores["budget"] - rm_scores["padded"]).abs().max() <= 1e-5
+    assert (rm_scores["budget, gathered once"] - rm_scores["padded"]).abs().max() <= 1e-5
     dist.barrier()
 
 

@@ -96,7 +96,7 @@ def _fsdp(setup: Setup, trainable: bool = True):
     spec = FSDPEngineSpec(model_path=str(setup.model_dir), model_kind="causal_lm", master_dtype="float32",
                           param_dtype=compute, reduce_dtype="float32", reshard_after_forward=True,
                           activation_checkpointing=True, cpu_offload=False, attn_implementation="sdpa", remove_padding=True,
-                          max_tokens_per_micro_batch=None,                           seed=0)
+                          max_tokens_per_micro_batch=None, gather_once=True, seed=0)
     optim = OptimSpec(lr=1e-5, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
                       total_steps=10, schedule="constant", min_lr_ratio=1.0) if trainable else None
     return FSDPEngine(spec, optim, device=setup.device)

@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "padded": {"remove_padding": False, "max_tokens_per_micro_batch": None},
-    "removed": {"remove_padding": True, "max_tokens_per_micro_batch": None},
-    "removed+budget": {"remove_padding": True, "max_tokens_per_micro_batch": 512},
+    "padded": {"remove_padding": False, "max_tokens_per_micro_batch": None, "gather_once": True},
+    "removed": {"remove_padding": True, "max_tokens_per_micro_batch": None, "gather_once": True},
+    "removed+budget": {"remove_padding": True, "max_tokens_per_micro_batch": 512, "gather_once": True},
 }
 
 

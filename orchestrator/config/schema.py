@@ -69,6 +69,7 @@ class ModelConfig:
     dtype: str = MISSING  # float32 | bfloat16 (parameter dtype of the training engine)
     gradient_checkpointing: bool = MISSING
     remove_padding: bool = MISSING  # FSDP2 forwards run on rows with their padding removed (workers/engines/compaction.py)
+    fsdp_gather_once: bool = MISSING  # FSDP2: weights gathered / grads reduced once per pass over micro-batches
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # what `baton sft` builds when it starts from scratch
 
 
@@ -205,8 +206,10 @@ class DynamicSamplingConfig:
 @dataclass
 class RolloutCorrectionConfig:
     mode: str = MISSING  # none | tis (truncated IS) | mask (rejection) | bypass (rollout log-probs as old log-probs)
+    #                      | auto (bypass while verified equal to the trainer's, recompute otherwise)
     is_level: str = MISSING  # token | sequence
     is_threshold: float = MISSING  # tis: weights truncated at it; mask: weights outside [1/t, t] dropped
+    equal_tolerance: float = MISSING  # auto: mean |rollout - trainer log-prob| (nats) that counts as equal
 
 
 @dataclass

@@ -24,6 +24,7 @@ from workers.engines.fsdp2 import checkpoint
 from workers.engines.fsdp2.build import build_mesh, fill_from_rank0, load_hf_model, shard_model
 from workers.engines.fsdp2.collectives import split_micro_batches
 from workers.engines.fsdp2.forward import check_layout, model_forward
+from workers.engines.fsdp2.gather_once import weights_gathered
 from workers.engines.fsdp2.optim import apply_hyperparameters, build_lr_scheduler, build_optimizer
 from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
 from workers.engines.fsdp2.train_step import loss_norm, train_mini_batch
@@ -83,9 +84,15 @@ class FSDPEngine(OffloadsWithOffloader):
     @torch.no_grad()
     def _infer(self, batch: Batch, micro_batch_size: int, forward: Callable[[Batch], dict[str, Tensor]]) -> dict[str, Tensor]:
         plans = self._micro_batches(batch, micro_batch_size)
-        outs = [forward(mb) for _, mb in plans]
+        with weights_gathered(self.module, enabled=self._gather_once and len(plans) > 1,
+                              reshard_after_forward=self.spec.reshard_after_forward):
+            outs = [forward(mb) for _, mb in plans]
         back = torch.argsort(torch.cat([rows for rows, _ in plans]))  # micro-batch order -> the batch's order
         return {k: torch.cat([o[k] for o in outs]).cpu()[back] for k in outs[0]}
+
+    @property
+    def _gather_once(self) -> bool:
+        return self.spec.gather_once and not self.spec.cpu_offload  # offloaded weights stay sharded on the host
 
     def _micro_batches(self, batch: Batch, micro_batch_size: int, *,
                        keep_order: bool = False) -> list[tuple[Tensor, Batch]]:
@@ -153,6 +160,8 @@ class FSDPEngine(OffloadsWithOffloader):
             group=self.dp_group,
             dp_size=self.dp_size,
             device=self.device,
+            gather_once=self._gather_once,
+            reshard_after_forward=self.spec.reshard_after_forward,
         )
 
     # --- hybrid engine: offload (OffloadsWithOffloader) and weight export ----------------

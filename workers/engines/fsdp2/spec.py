@@ -33,6 +33,8 @@ class FSDPEngineSpec:
         outputs equal the padded path's, micro-batches are formed from rows of similar length.
     max_tokens_per_micro_batch: also cut micro-batches at this many tokens (rows x longest row,
         or x full width when padded); None: rows only. Same loss and gradients under any budget.
+    gather_once: over several micro-batches, gather the weights once and reduce the gradients once
+        (workers/engines/fsdp2/gather_once.py); full-size weights and grads per rank meanwhile.
     seed: seeds torch before loading, so freshly initialised heads (a critic's value head)
         are identical on every rank and across runs.
     """
@@ -48,6 +50,7 @@ class FSDPEngineSpec:
     attn_implementation: str
     remove_padding: bool
     max_tokens_per_micro_batch: int | None
+    gather_once: bool
     seed: int
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from workers.batch import Batch
 from workers.engines import LossFn, LossNorm
 from workers.engines.fsdp2.collectives import all_reduce_sum, clip_grads_, global_grad_norm, local_param_square_sum
+from workers.engines.fsdp2.gather_once import sync_gradients_on, weights_gathered
 
 RESERVED_METRICS: tuple[str, ...] = ("loss", "grad_norm", "lr", "step_skipped", "param_norm")
 
@@ -44,8 +45,13 @@ def train_mini_batch(
     group: ProcessGroup | None,
     dp_size: int,
     device: torch.device,
+    gather_once: bool = False,
+    reshard_after_forward: bool = True,
 ) -> dict[str, float]:
     """Accumulate over the planned micro-batches (any split: `norm` holds the global counts), clip by the global norm, step optimizer and LR, free the grads.
+
+    gather_once: keep the weights gathered over the micro-batches and reduce the gradients once
+    (workers/engines/fsdp2/gather_once.py); reshard_after_forward: the engine's setting to restore.
 
     Returns, identical on every rank: `loss` (the global mini-batch loss: all contributions
     summed), the loss_fn metrics averaged over micro-batches and ranks, `grad_norm` (before
@@ -57,15 +63,22 @@ def train_mini_batch(
     micro = [mb for _, mb in micro_batches]
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     metric_sums: dict[str, Tensor] = {}
-    for mb in micro:
-        loss, metrics = loss_fn(forward(mb), mb, norm)
-        (loss * dp_size).backward()
-        loss_sum += loss.detach().float()
-        for key, value in metrics.items():
-            if key in RESERVED_METRICS:
-                raise ValueError(f"loss metric {key!r} clashes with an engine metric ({', '.join(RESERVED_METRICS)})")
-            value = torch.as_tensor(value, dtype=torch.float32).detach().to(device)
-            metric_sums[key] = metric_sums.get(key, torch.zeros((), dtype=torch.float32, device=device)) + value
+    once = gather_once and len(micro) > 1  # workers/engines/fsdp2/gather_once.py
+    try:
+        with weights_gathered(module, enabled=once, reshard_after_forward=reshard_after_forward):
+            for i, mb in enumerate(micro):
+                sync_gradients_on(module, i == len(micro) - 1, enabled=once)
+                loss, metrics = loss_fn(forward(mb), mb, norm)
+                (loss * dp_size).backward()
+                loss_sum += loss.detach().float()
+                for key, value in metrics.items():
+                    if key in RESERVED_METRICS:
+                        raise ValueError(f"loss metric {key!r} clashes with an engine metric "
+                                         f"({', '.join(RESERVED_METRICS)})")
+                    value = torch.as_tensor(value, dtype=torch.float32).detach().to(device)
+                    metric_sums[key] = metric_sums.get(key, torch.zeros((), dtype=torch.float32, device=device)) + value
+    finally:
+        sync_gradients_on(module, True, enabled=once)  # a failed pass must not leave the sync off
 
     params = [p for p in module.parameters() if p.requires_grad]
     grad_norm = global_grad_norm(params, group, device)
