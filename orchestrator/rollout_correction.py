@@ -15,6 +15,13 @@ so the gradient is off-policy by w = pi_old / mu. The modes (`algorithm.rollout_
 - `bypass`: no correction and no recompute: the rollout log-probs are the old log-probs (the
   trainer skips its old-log-prob pass; the ratio is then taken against mu directly, which is the
   behaviour policy and so needs no IS weight).
+- `auto`: skip what is redundant. The trainer recomputes pi_old on the first step and on verify
+  steps (`hybrid.verify_every`); while the last measured mean |log pi_old - log mu| is at most
+  `equal_tolerance` (1e-4 nats by default; two fp32 engines measure ~1e-6), the steps in between
+  take the rollout's log-probs as pi_old, as bypass does: the two are the same numbers far below
+  the PPO clip's resolution (a ratio off by 1e-4 against a clip of 0.2). A larger gap (a bf16 or
+  vLLM rollout against an fp32 trainer) makes every step recompute, uncorrected as with `none`:
+  choose `tis` or `mask` to reweight such gaps.
 
 `is_level`: `token` uses w_t = exp(log pi_old(t) - log mu(t)); `sequence` uses the product over the
 response, w = exp(sum_t (log pi_old(t) - log mu(t))), for every token of that sequence (the
@@ -31,7 +38,7 @@ from torch import Tensor
 
 from workers.batch import Batch
 
-MODES = ("none", "tis", "mask", "bypass")
+MODES = ("none", "tis", "mask", "bypass", "auto")
 LEVELS = ("token", "sequence")
 
 
@@ -56,7 +63,7 @@ def correct(batch: Batch, settings: DictConfig) -> tuple[Batch, dict[str, float]
     mode, level, threshold = settings.mode, settings.is_level, float(settings.is_threshold)
     if mode not in MODES:
         raise ValueError(f"rollout correction: mode must be one of {MODES}, got {mode!r}")
-    if mode == "bypass" or mode == "none":
+    if mode in ("bypass", "none", "auto"):
         return batch, {}
     mask = batch["response_mask"].float()
     w = importance_weights(log_ratios(batch["old_log_probs"], batch["rollout_log_probs"], mask), mask, level)

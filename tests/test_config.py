@@ -35,6 +35,10 @@ BAD = [
     (["reward.rule_fn=exactly"], "reward.rule_fn", "'exactly' is not one of"),
     (["trainer.total_steps=0"], "trainer.total_steps", "must be > 0"),
     (["actor.optim.schedule=linear"], "actor.optim.schedule", "'linear' is not one of: constant, cosine"),
+    (["algorithm.rollout_correction.mode=auto", "hybrid.verify_every=0"], "algorithm.rollout_correction.mode",
+     "needs hybrid.verify_every > 0"),
+    (["algorithm.rollout_correction.equal_tolerance=-1"], "algorithm.rollout_correction.equal_tolerance",
+     "must be >= 0"),
 ]
 
 

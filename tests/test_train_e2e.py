@@ -96,3 +96,25 @@ def test_resume_continues_from_latest_checkpoint(grpo_run):
     steps = [r["step"] for r in read_metrics_jsonl(root / "run" / "metrics.jsonl") if "timing_s/step" in r]
     assert steps == [1, 2, 3, 4]  # step 4 only: steps 1-3 came from the checkpoint
     assert (root / "run" / "checkpoints" / "latest").read_text().strip() == "step_4"
+
+
+def test_auto_correction_recomputes_old_log_probs_only_on_verify_steps_while_engines_agree(ray_cluster, tmp_path):
+    """rollout_correction.mode=auto: step 1 and verify steps recompute pi_old; between them the rollout's
+    log-probs are used only when the last measured gap was within equal_tolerance."""
+    model = tiny_model(tmp_path / "model")
+    runs = {}
+    for name, tolerance in (("loose", 1e-4), ("strict", 0.0)):
+        root = tmp_path / name
+        cfg = validate_config(compose_config([
+            *fast_overrides(model, root, steps=4), "hybrid.verify_every=2", "trainer.save_every=0",
+            "algorithm.rollout_correction.mode=auto", f"algorithm.rollout_correction.equal_tolerance={tolerance}"]),
+            check_files=True)
+        train(cfg)
+        runs[name] = [r for r in read_metrics_jsonl(root / "run" / "metrics.jsonl") if "timing_s/step" in r]
+    loose = runs["loose"]
+    assert [r["rollout_correction/recomputed"] for r in loose] == [1.0, 1.0, 0.0, 1.0]  # fp32 engines agree
+    assert "timing_s/old_log_prob" not in loose[2] and "sync/logprob_mean_abs_diff" not in loose[2]
+    assert all(r["sync/logprob_mean_abs_diff"] < 1e-4 for r in (loose[0], loose[1], loose[3]))
+    # a tolerance no gap can meet unless the engines agree bit for bit: step 3 recomputes iff step 2's gap was 0
+    strict = runs["strict"]
+    assert strict[2]["rollout_correction/recomputed"] == float(strict[1]["sync/logprob_mean_abs_diff"] > 0)

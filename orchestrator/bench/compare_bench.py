@@ -1,14 +1,17 @@
 """Named sets of variants of the default job, side by side (orchestrator/bench/variants.py runs them).
 
-Not a test: `baton bench backends|padding|corrections --steps 40 [--write] [key=value ...]`.
+Not a test: `baton bench backends|padding|precision|corrections --steps 40 [--write] [key=value ...]`.
 - backends: FSDP2 against Megatron-core with tensor parallel 2 and with pipeline parallel 2. Megatron must
   learn as FSDP2 does; s/step shows what each layout costs here (2 CPU ranks: TP and PP add collectives and a
   pipeline bubble that data parallelism does not have).
 - padding: every training-side forward on padded [prompt | response] rows against rows with their padding
   removed (workers/engines/compaction.py), and with token-budget micro-batches on top. Same outputs, so the
   same learning; s/step shows what the padding cost.
+- precision: training forwards/backwards in bf16 (fp32 master weights and reductions) against fp32, and
+  bf16 rollout on top. Worth making the default only if it is faster and learns as well.
 - corrections: the trainer recomputing old log-probs (rollout_correction.mode=none) against bypass (the
-  rollout's log-probs are the old ones, no recompute pass). Bypass must learn as well and be faster.
+  rollout's log-probs are the old ones, no recompute pass) and auto (bypass between verify steps while
+  the engines are measured equal). Both must learn as well and be faster.
 """
 from __future__ import annotations
 
@@ -29,9 +32,15 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
         "removed + 512-token micro-batches": ["model.remove_padding=true", "actor.max_tokens_per_micro_batch=512",
                                               "ref.max_tokens_per_micro_batch=512"],
     }),
+    "precision": ("training dtype", "bf16 autocast vs fp32 on the default job", {
+        "fp32": ["model.dtype=float32"],
+        "bf16 training (fp32 master)": ["model.dtype=bfloat16"],
+        "bf16 training + bf16 rollout": ["model.dtype=bfloat16", "rollout.dtype=bfloat16"],
+    }),
     "corrections": ("old log-probs", "Rollout correction: recompute vs bypass on the default job", {
         "recompute (mode=none)": ["algorithm.rollout_correction.mode=none"],
         "bypass": ["algorithm.rollout_correction.mode=bypass"],
+        "auto (bypass while verified equal)": ["algorithm.rollout_correction.mode=auto"],
     }),
 }
 

@@ -205,6 +205,11 @@ def _rollout_correction(cfg: DictConfig) -> None:
     if not rc.is_threshold > 1.0:
         raise ConfigError(f"{key}.is_threshold", f"must be > 1 (weights are truncated at it, or kept within "
                           f"[1/t, t]), got {rc.is_threshold}")
+    if not rc.equal_tolerance >= 0:
+        raise ConfigError(f"{key}.equal_tolerance", f"must be >= 0, got {rc.equal_tolerance}")
+    if rc.mode == "auto" and not cfg.hybrid.verify_every:
+        raise ConfigError(f"{key}.mode", "auto skips the old-log-prob pass only between verify steps, which "
+                          "re-check that the engines agree: it needs hybrid.verify_every > 0")
     for k in ("verify_tolerance_fp32", "verify_tolerance_low_precision"):
         if not cfg.hybrid[k] > 0:
             raise ConfigError(f"hybrid.{k}", f"must be > 0, got {cfg.hybrid[k]}")

@@ -6,6 +6,7 @@ generate (+ rewards) -> old log-probs -> ref log-probs -> values -> advantages (
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class RLTrainer:
         self.loop_started: float | None = None
         self.step = 0
         self.flops = phase_flops(cfg.model.path, on_gpu=bool(cfg.cluster.use_gpu))
+        self.rollout_matches_trainer = False  # rollout_correction.mode=auto: verified equal at the last check
 
     # --- sampling parameters ------------------------------------------------------------
 
@@ -140,16 +142,23 @@ class RLTrainer:
     def old_log_probs(self, batch: Batch, m: dict[str, float]) -> Batch:
         """pi_old of the sampled tokens, recomputed by the training engine; the gap to the rollout's log-probs is
         logged and checked. With rollout_correction.mode=bypass the rollout's log-probs are pi_old and the
-        recompute runs only on verify steps (hybrid.verify_every), for the gap and the corruption alarm."""
-        bypass = self.cfg.algorithm.rollout_correction.mode == "bypass"
+        recompute runs only on verify steps (hybrid.verify_every), for the gap and the corruption alarm; with
+        auto, the same while the last verified gap was within equal_tolerance (orchestrator/rollout_correction.py)."""
+        rc = self.cfg.algorithm.rollout_correction
         every = self.cfg.hybrid.verify_every
-        if bypass and not (every and self.step % every == 0):
+        skip = rc.mode == "bypass" or (rc.mode == "auto" and self.rollout_matches_trainer)
+        if skip and not (every and self.step % every == 0):
             batch["old_log_probs"] = batch["rollout_log_probs"]
+            m["rollout_correction/recomputed"] = 0.0
             return batch
         with phase_timer("old_log_prob", m):
             batch = batch.union(self.actor.compute_log_prob(batch))
+        m["rollout_correction/recomputed"] = 1.0
         check_rollout_matches_trainer(batch, self.cfg, self.step, m, self.roles)
-        if bypass:
+        if rc.mode == "auto":
+            gap = m.get("sync/logprob_mean_abs_diff", math.inf)
+            self.rollout_matches_trainer = math.isfinite(gap) and gap <= rc.equal_tolerance
+        if rc.mode == "bypass":
             batch["old_log_probs"] = batch["rollout_log_probs"]
         return batch
 
@@ -222,7 +231,8 @@ class RLTrainer:
     def save(self, record: dict[str, float]) -> Path:
         """A checkpoint of this step; `record` (its metrics so far) lets a resume restore its log line."""
         state = {"step": self.step, "stream": self.stream.state(), "kl_coef": self.kl_ctrl.value,
-                 "guard": self.guard.state(), "metrics_record": record, "config": OmegaConf.to_container(self.cfg)}
+                 "guard": self.guard.state(), "metrics_record": record, "config": OmegaConf.to_container(self.cfg),
+                 "rollout_matches_trainer": self.rollout_matches_trainer}
 
         def write_workers(tmp: Path) -> None:
             self.actor.save_checkpoint(str(tmp / "actor"))
@@ -245,6 +255,7 @@ class RLTrainer:
         self.step, self.kl_ctrl.value = state["step"], state["kl_coef"]
         self.stream.restore(state["stream"])
         self.guard.restore(state["guard"])
+        self.rollout_matches_trainer = bool(state.get("rollout_matches_trainer", False))
         self.tracker.rewind(self.step, restore=state["metrics_record"])
         log.info("resumed from %s at step %d", ckpt, self.step)
         return ckpt
