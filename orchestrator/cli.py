@@ -17,7 +17,7 @@ commands:
   rm           reward model (Bradley-Terry) on preference pairs; default: pairs from the task
   run-default  what `make run` does: the warm start (cached / shipped / sft), then train
   warm-start   rebuild the warm start shipped in the repo: sft, then store it as bf16 (`make warm-start`)
-  bench        benchmarks: `baton bench rollout | sync | train | algorithms | backends | padding | precision | corrections | sampling | e2e`
+  bench        benchmarks: `baton bench rollout | sync | train | algorithms | backends | padding | throughput | precision | corrections | sampling | e2e`
 
 train/sft/rm options:
   --cfg job    print the composed config and exit

@@ -4,9 +4,10 @@ from __future__ import annotations
 BENCHES = {"rollout": "orchestrator.bench.rollout_bench", "sync": "orchestrator.bench.sync_bench",
            "algorithms": "orchestrator.bench.algorithms_bench", "sampling": "orchestrator.bench.sampling_bench",
            "backends": "orchestrator.bench.compare_bench", "corrections": "orchestrator.bench.compare_bench",
-           "padding": "orchestrator.bench.compare_bench", "precision": "orchestrator.bench.compare_bench", "train": "orchestrator.bench.train_bench",
+           "padding": "orchestrator.bench.compare_bench", "precision": "orchestrator.bench.compare_bench",
+           "throughput": "orchestrator.bench.compare_bench", "train": "orchestrator.bench.train_bench",
            "e2e": "orchestrator.bench.e2e_bench"}
-NAMED_SETS = ("backends", "padding", "precision", "corrections")  # compare_bench runs the set named like the command
+NAMED_SETS = ("backends", "padding", "throughput", "precision", "corrections")  # compare_bench runs the set named like the command
 
 
 def bench_main(argv: list[str]) -> None:

@@ -1,12 +1,14 @@
 """Named sets of variants of the default job, side by side (orchestrator/bench/variants.py runs them).
 
-Not a test: `baton bench backends|padding|precision|corrections --steps 40 [--write] [key=value ...]`.
+Not a test: `baton bench backends|padding|throughput|precision|corrections --steps 40 [--write] [key=value ...]`.
 - backends: FSDP2 against Megatron-core with tensor parallel 2 and with pipeline parallel 2. Megatron must
   learn as FSDP2 does; s/step shows what each layout costs here (2 CPU ranks: TP and PP add collectives and a
   pipeline bubble that data parallelism does not have).
 - padding: every training-side forward on padded [prompt | response] rows against rows with their padding
-  removed (workers/engines/compaction.py), and with token-budget micro-batches on top. Same outputs, so the
-  same learning; s/step shows what the padding cost.
+  removed (workers/engines/compaction.py), and with token-budget micro-batches on top, with FSDP2
+  gathering weights per micro-batch or once per pass (workers/engines/fsdp2/gather_once.py). Same
+  outputs, so the same learning; s/step shows what the padding cost.
+- throughput: the default job as it ran before the throughput work against the current defaults.
 - precision: training forwards/backwards in bf16 (fp32 master weights and reductions) against fp32, and
   bf16 rollout on top. Worth making the default only if it is faster and learns as well.
 - corrections: the trainer recomputing old log-probs (rollout_correction.mode=none) against bypass (the
@@ -20,17 +22,23 @@ from pathlib import Path
 
 from orchestrator.bench.variants import append_section, run_variants
 
+NO_BUDGETS = [f"{role}.max_tokens_per_micro_batch=null" for role in ("actor", "ref", "critic")]
 SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
     "backends": ("backend", "Training backends on the default job", {
         "fsdp2 (dp2)": ["backend=fsdp2"],
         "megatron tp2": ["backend=megatron", "actor.megatron.tensor_model_parallel_size=2"],
         "megatron pp2": ["backend=megatron", "actor.megatron.pipeline_model_parallel_size=2"],
     }),
-    "padding": ("training forwards", "Padding removal on the default job", {
-        "padded": ["model.remove_padding=false"],
-        "padding removed": ["model.remove_padding=true"],
-        "removed + 512-token micro-batches": ["model.remove_padding=true", "actor.max_tokens_per_micro_batch=512",
-                                              "ref.max_tokens_per_micro_batch=512"],
+    "padding": ("training forwards", "Padding removal and token budgets on the default job", {
+        "padded": ["model.remove_padding=false", *NO_BUDGETS],
+        "padding removed": ["model.remove_padding=true", *NO_BUDGETS],
+        "removed + 1024-token budgets, gathered per micro-batch": ["model.fsdp_gather_once=false"],
+        "removed + 1024-token budgets (default)": [],
+    }),
+    "throughput": ("job", "The default job before and after the throughput work (issue 14)", {
+        "before: padded rows, whole micro-batches, old log-probs recomputed": [
+            "model.remove_padding=false", *NO_BUDGETS, "algorithm.rollout_correction.mode=none"],
+        "now: the defaults": [],
     }),
     "precision": ("training dtype", "bf16 autocast vs fp32 on the default job", {
         "fp32": ["model.dtype=float32"],

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+LAYOUT_BUDGET = 1024  # tokens per compacted micro-batch / per packed row in the --layouts comparison
 VARIANTS: dict[str, dict[str, Any]] = {
     "padded": {"remove_padding": False, "max_tokens_per_micro_batch": None, "gather_once": True},
     "removed": {"remove_padding": True, "max_tokens_per_micro_batch": None, "gather_once": True},
@@ -79,7 +80,8 @@ def _time_rounds(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, 
     return {name: statistics.median(s) for name, s in seconds.items()}
 
 
-def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats: int, threads: int) -> list[dict]:
+def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats: int, threads: int,
+        layouts: bool = False) -> list[dict]:
     from orchestrator.assets.tiny_model import build_tiny_model
     from workers.losses.sft import sft_loss
 
@@ -120,10 +122,89 @@ def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats
                                       "tok_s": real / seconds,
                                       "mfu": flops_per_param * params * real / seconds / (peak * 1e9),
                                       "speedup": times["padded"] / seconds})
+                if layouts:
+                    times = run_layouts(path, batch, micro_batch_size, LAYOUT_BUDGET, repeats)
+                    for name, seconds in times.items():
+                        table.append({"shape": f"{prompt_width}x{response_width}", "rows": rows,
+                                      "pass": "fwd+bwd, plain HF model", "variant": name, "seconds": seconds,
+                                      "real_tokens": real, "row_tokens": rows * (prompt_width + response_width),
+                                      "tok_s": real / seconds, "mfu": 6 * params * real / seconds / (peak * 1e9),
+                                      "speedup": times["padded"] / seconds})
         finally:
             dist.destroy_process_group()
     print(f"peak (fp32 1024^3 matmul, {threads} thread(s)): {peak:.1f} GFLOP/s; model {params / 1e6:.2f}M params")
     return table
+
+
+def _sequences(batch: Any) -> list[torch.Tensor]:
+    mask = batch["attention_mask"].bool()
+    return [batch["input_ids"][i][mask[i]] for i in range(len(mask))]
+
+
+def _padded_inputs(seqs: list[torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    attn = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)], attn[i, :len(s)] = s, 1
+    return {"input_ids": ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0)}
+
+
+def _packed_inputs(groups: list[list[torch.Tensor]], width: int) -> dict[str, torch.Tensor]:
+    """Sequences end to end in each row, positions restarting per sequence, a block-diagonal causal mask."""
+    ids = torch.zeros(len(groups), width, dtype=torch.long)
+    pos = torch.zeros(len(groups), width, dtype=torch.long)
+    seg = torch.full((len(groups), width), -1, dtype=torch.long)
+    for i, group in enumerate(groups):
+        at = 0
+        for k, s in enumerate(group):
+            ids[i, at:at + len(s)], pos[i, at:at + len(s)], seg[i, at:at + len(s)] = s, torch.arange(len(s)), k
+            at += len(s)
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    mask = causal[None] & (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+    mask |= torch.eye(width, dtype=torch.bool)[None]  # padding attends to itself: no all-masked row (NaN)
+    return {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": pos}
+
+
+def layout_inputs(batch: Any, micro_batch_size: int, budget: int) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """The same sequences as model inputs three ways: padded rows, compacted length-sorted rows under a
+    token budget (what the engine does), and packed rows of <= budget tokens with a block-diagonal mask."""
+    seqs = _sequences(batch)
+    width = batch["input_ids"].shape[1]
+    padded = [_padded_inputs(seqs[i:i + micro_batch_size], width) for i in range(0, len(seqs), micro_batch_size)]
+    ordered = sorted(seqs, key=len, reverse=True)
+    compacted, current = [], []
+    for s in ordered:
+        if current and (len(current) + 1) * len(current[0]) > budget or len(current) == micro_batch_size:
+            compacted.append(_padded_inputs(current, len(current[0])))
+            current = []
+        current.append(s)
+    compacted.append(_padded_inputs(current, len(current[0])))
+    rows: list[list[torch.Tensor]] = []  # first fit, longest first
+    for s in ordered:
+        for row in rows:
+            if sum(len(x) for x in row) + len(s) <= budget:
+                row.append(s)
+                break
+        else:
+            rows.append([s])
+    # one packed row (<= budget tokens) per forward: the same tokens per micro-batch as a compacted one
+    packed = [_packed_inputs([row], sum(len(x) for x in row)) for row in rows]
+    return {"padded": padded, "compacted": compacted, "packed (block-diagonal mask)": packed}
+
+
+def run_layouts(path: Path, batch: Any, micro_batch_size: int, budget: int, repeats: int) -> dict[str, float]:
+    """Seconds of forward + backward over all micro-batches of each layout, on the plain HF model."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
+    layouts = layout_inputs(batch, micro_batch_size, budget)
+
+    def step(inputs: list[dict[str, torch.Tensor]]) -> None:
+        for mb in inputs:
+            model(**mb, use_cache=False).logits.float().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return _time_rounds({name: (lambda inputs=inputs: step(inputs)) for name, inputs in layouts.items()}, repeats)
 
 
 def render(table: list[dict]) -> str:
@@ -149,16 +230,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro-batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a Ray actor gets 1)")
+    parser.add_argument("--layouts", action="store_true",
+                        help="also time padded vs compacted vs packed (block-diagonal SDPA mask) rows on the plain model")
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args(argv)
     shapes = [_shape(s) for s in args.shapes.split(",")]
-    table = render(run(shapes, args.rows, args.micro_batch_size, args.repeats, args.threads))
+    table = render(run(shapes, args.rows, args.micro_batch_size, args.repeats, args.threads, args.layouts))
     print(table)
     if args.write:
         from orchestrator.bench.variants import append_section
 
         command = (f"baton bench train --shapes {args.shapes} --rows {args.rows} --micro-batch-size "
-                   f"{args.micro_batch_size} --repeats {args.repeats} --threads {args.threads}")
+                   f"{args.micro_batch_size} --repeats {args.repeats} --threads {args.threads}"
+                   + (" --layouts" if args.layouts else ""))
         append_section("Training throughput: padded vs padding removed (`baton bench train`)", command,
                        "FSDP2, one rank, the tiny model's shape; real lengths uniform in [1, width]; median of "
                        "the repeats, variants interleaved; MFU against the measured matmul peak.", table)

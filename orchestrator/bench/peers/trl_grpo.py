@@ -13,6 +13,8 @@ How Baton's default job maps onto GRPOConfig (one process, both CPU threads; Bat
   group std (scale_rewards="group"); loss_type="dapo" normalises by the tokens of the whole optimizer step,
   which is Baton's token-mean over a mini-batch.
 - AdamW lr 1e-4, betas (0.9, 0.99), eps 1e-8, no weight decay, 2 warm-up steps then constant, clip 1.0.
+  (HF's warm-up starts at 0: lr x 0, 0.5, 1, 1, ...; Baton's at 1/warmup: x 0.5, 1, 1, ...: TRL's
+  first optimizer step does not move the weights. Left as each library does it.)
 - Sampling: temperature 1, top_p 1, no top-k, at most 24 new tokens, stop at EOS; fp32 throughout.
 The reward is Baton's `final_answer` rule (below, the same three lines as orchestrator/rewards/rule_rewards.py).
 """
