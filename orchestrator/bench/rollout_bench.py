@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any, Callable
 
 import torch
 
+from orchestrator.bench.timing import time_interleaved
 from workers.dtypes import DTYPES, to_dtype
 
 BENCH_MODEL = dict(
@@ -45,22 +45,6 @@ QWEN25_05B = dict(
     tie_word_embeddings=True,
 )
 SHAPES = {"tiny": BENCH_MODEL, "qwen2.5-0.5b": QWEN25_05B}
-
-
-def _time_interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call for each runner: one untimed warm-up each, then `repeats` rounds, one call of each per round.
-
-    Interleaving makes background load (CI neighbours, shared cores) hit every engine alike.
-    """
-    for fn in runs.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def _hf_runner(model: Any, input_ids: torch.Tensor, new_tokens: int, **kwargs: Any) -> Callable[[], Any]:
@@ -202,7 +186,7 @@ def run_rollout_bench(
     if "torch" in engines:
         runs["matmul-only floor (bound)"] = _matmul_floor_runner(engines["torch"], batch_size, prompt_len, new_tokens)
     results: dict[str, dict[str, float]] = {}
-    for name, times in _time_interleaved(runs, repeats).items():
+    for name, times in time_interleaved(runs, repeats).items():
         results[name] = {
             "tokens_per_s": tokens / min(times),
             "median_tokens_per_s": tokens / statistics.median(times),

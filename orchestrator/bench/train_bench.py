@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from orchestrator.bench.timing import median_seconds
 
 LAYOUT_BUDGET = 1024  # tokens per compacted micro-batch / per packed row in the --layouts comparison
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -67,19 +67,6 @@ def _engine(path: Path, over: dict[str, Any]) -> Any:
     return FSDPEngine(spec, optim, device=torch.device("cpu"))
 
 
-def _time_rounds(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds per call, one warm-up each, the runners interleaved round by round (noise hits all alike)."""
-    for run in runs.values():
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) for name, s in seconds.items()}
-
-
 def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats: int, threads: int,
         layouts: bool = False) -> list[dict]:
     from orchestrator.assets.tiny_model import build_tiny_model
@@ -114,7 +101,7 @@ def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats
                                                                temperature=1.0, with_entropy=False)),
                 }
                 for pass_name, (flops_per_param, call) in passes.items():
-                    times = _time_rounds({n: (lambda e=e, call=call: call(e)) for n, e in engines.items()}, repeats)
+                    times = median_seconds({n: (lambda e=e, call=call: call(e)) for n, e in engines.items()}, repeats)
                     for name, seconds in times.items():
                         table.append({"shape": f"{prompt_width}x{response_width}", "rows": rows, "pass": pass_name,
                                       "variant": name, "seconds": seconds, "real_tokens": real,
@@ -204,7 +191,7 @@ def run_layouts(path: Path, batch: Any, micro_batch_size: int, budget: int, repe
             model(**mb, use_cache=False).logits.float().mean().backward()
         model.zero_grad(set_to_none=True)
 
-    return _time_rounds({name: (lambda inputs=inputs: step(inputs)) for name, inputs in layouts.items()}, repeats)
+    return median_seconds({name: (lambda inputs=inputs: step(inputs)) for name, inputs in layouts.items()}, repeats)
 
 
 def render(table: list[dict]) -> str:
