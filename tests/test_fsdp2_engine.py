@@ -44,24 +44,27 @@ def make_tiny_qwen2(path: str) -> None:
     Qwen2ForCausalLM(cfg).save_pretrained(path)
 
 
+def rollout_rows(prompt_lens: list[int], response_lens: list[int], pw: int, rw: int, seed: int,
+                 extra: tuple[str, ...]) -> Batch:
+    """Rows in the rollout layout (left-padded prompts | right-padded responses), ids never pad (0), plus
+    random [n, rw] tensors named in `extra` (returns, advantages)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(prompt_lens)
+    input_ids = torch.zeros(n, pw + rw, dtype=torch.long)
+    attn = torch.zeros(n, pw + rw, dtype=torch.long)
+    for i, (pl, rl) in enumerate(zip(prompt_lens, response_lens)):
+        input_ids[i, pw - pl : pw + rl] = torch.randint(3, VOCAB, (pl + rl,), generator=g)
+        attn[i, pw - pl : pw + rl] = 1
+    return Batch.from_dict({
+        "input_ids": input_ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
+        "responses": input_ids[:, pw:].clone(), "response_mask": attn[:, pw:].clone(),
+        **{key: torch.randn(n, rw, generator=g) for key in extra},
+    })
+
+
 def make_batch() -> Batch:
     """8 rows: left-padded prompts, right-padded responses, token ids never equal to pad (0)."""
-    g = torch.Generator().manual_seed(1)
-    n = len(PROMPT_LENS)
-    input_ids = torch.zeros(n, P + R, dtype=torch.long)
-    attn = torch.zeros(n, P + R, dtype=torch.long)
-    for i, (pl, rl) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS)):
-        input_ids[i, P - pl : P + rl] = torch.randint(3, VOCAB, (pl + rl,), generator=g)
-        attn[i, P - pl : P + rl] = 1
-    tensors = {
-        "input_ids": input_ids,
-        "attention_mask": attn,
-        "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
-        "responses": input_ids[:, P:].clone(),
-        "response_mask": attn[:, P:].clone(),
-        "returns": torch.randn(n, R, generator=g),
-    }
-    return Batch.from_dict(tensors)
+    return rollout_rows(PROMPT_LENS, RESPONSE_LENS, P, R, seed=1, extra=("returns",))
 
 
 def engine_spec(path: str, kind: str, **over: object) -> FSDPEngineSpec:
@@ -294,19 +297,8 @@ def check_training(rank: int, path: str, tmp: str) -> None:
 
 def make_skewed_batch() -> Batch:
     """8 rows of very different lengths (prompt 1..12 of 12, response 1..16 of 16); rank 1's rows are all short."""
-    g = torch.Generator().manual_seed(2)
-    prompts, responses, pw, rw = [12, 1, 7, 3, 2, 2, 1, 1], [16, 1, 16, 2, 1, 3, 2, 1], 12, 16
-    n = len(prompts)
-    input_ids = torch.zeros(n, pw + rw, dtype=torch.long)
-    attn = torch.zeros(n, pw + rw, dtype=torch.long)
-    for i, (pl, rl) in enumerate(zip(prompts, responses)):
-        input_ids[i, pw - pl : pw + rl] = torch.randint(3, VOCAB, (pl + rl,), generator=g)
-        attn[i, pw - pl : pw + rl] = 1
-    return Batch.from_dict({
-        "input_ids": input_ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
-        "responses": input_ids[:, pw:].clone(), "response_mask": attn[:, pw:].clone(),
-        "returns": torch.randn(n, rw, generator=g), "advantages": torch.randn(n, rw, generator=g),
-    })
+    return rollout_rows([12, 1, 7, 3, 2, 2, 1, 1], [16, 1, 16, 2, 1, 3, 2, 1], 12, 16, seed=2,
+                        extra=("returns", "advantages"))
 
 
 def policy_like_loss(outputs, mb, norm: LossNorm):

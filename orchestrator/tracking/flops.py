@@ -13,6 +13,7 @@ Convention (the PaLM-style MFU, which counts the work the model needs, not what 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ class PhaseFlops:
 
     def mfu(self, phase: str, tokens_per_s: float, ranks: int) -> float | None:
         """Model FLOP/s of `phase` over the peak of the `ranks` workers that ran it."""
-        if self.peak_flops_per_rank is None or not tokens_per_s == tokens_per_s:  # NaN: the phase took no time
+        if self.peak_flops_per_rank is None or math.isnan(tokens_per_s):  # NaN: the phase took no time
             return None
         return self.flops_per_token(phase) * tokens_per_s / (ranks * self.peak_flops_per_rank)
 

@@ -44,12 +44,12 @@ def restore_rows(merged: Batch, rank_rows: list[int], order: list[int], pad: int
     samples together); the k-row groups are moved as units.
     """
     rows = len(order)
-    if len(merged) % rows or any(n != len(merged) // rows * rows // len(rank_rows) for n in rank_rows):
+    k, rest = divmod(len(merged), rows)  # rows returned per input row
+    if rest or any(n != k * rows // len(rank_rows) for n in rank_rows):
         if order == sorted(order):
             return merged.unpad(pad)
         raise ValueError(f"{what}: returned {rank_rows} rows per rank for {rows} input rows; the token-balanced "
                          "split can only restore the input order when every input row gives the same number of rows")
-    k = len(merged) // rows
     position = torch.tensor(inverse(order))
     index = (position[:, None] * k + torch.arange(k)[None, :]).flatten()
     return merged.index(index).unpad(pad * k)
