@@ -4,7 +4,7 @@ The driver owns the whole job, so it can do what a person would: tear down every
 group and placement group, build them again, resume from the latest checkpoint (which is
 always a healthy one, see guards.py) and carry on, up to `trainer.max_restarts` times.
 What is recoverable is a failure of the machinery (a process that died, a call that never
-returned); an exception raised by the code itself (bad data, a bug) would fail again the same
+returned); a whole node that left the cluster is not, since its ranks have nowhere to go; an exception raised by the code itself (bad data, a bug) would fail again the same
 way, so it stops the run at once, as do the divergence guards.
 """
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from orchestrator.run_errors import RunFailed
-from workers.runtime import WorkerError, WorkerTimeout
+from workers.runtime import ClusterShrunk, WorkerError, WorkerTimeout
 
 log = logging.getLogger("baton.recovery")
 
 
 def recoverable(err: BaseException) -> bool:
-    return isinstance(err, WorkerTimeout) or (isinstance(err, WorkerError) and err.process_died)
+    return isinstance(err, WorkerTimeout) or (isinstance(err, WorkerError) and err.process_died and not err.node_lost)
 
 
 @dataclass
@@ -44,6 +44,12 @@ def run_with_recovery(attempt: Callable[[bool], dict[str, Any]], *, resume: bool
         try:
             return attempt(resume), record
         except Exception as err:  # noqa: BLE001 - classified below, re-raised unless recoverable
+            if isinstance(err, WorkerError) and err.node_lost:  # the same placement cannot be made again
+                raise RunFailed(f"{err}; not restarted: the worker groups need that node (or a replacement) back"
+                                ) from err
+            if isinstance(err, ClusterShrunk):  # after a restart: name the death that started it
+                raise RunFailed(f"{record.causes[-1]}; the restart found a node gone: {err}" if record.causes
+                                else str(err)) from err
             if not recoverable(err):
                 raise
             reached, saved = progress_of()

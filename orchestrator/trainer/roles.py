@@ -45,6 +45,10 @@ class Roles:
     def names(self) -> list[str]:
         return [g.role for g in self.groups()]
 
+    def placement(self) -> dict[str, list[dict]]:
+        """Role -> per rank {node_id, ip, pid}: which machine each rank ran on (the run's placement.json)."""
+        return {g.role: list(g.nodes or []) for g in self.groups()}
+
     def shutdown(self) -> None:
         for group in self.groups():
             group.shutdown()

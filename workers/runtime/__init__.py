@@ -1,6 +1,6 @@
 """Multi-controller runtime: resource pools, worker hosts, worker groups and dispatch modes."""
 from workers.runtime.dispatch import Dispatch, register
-from workers.runtime.errors import WorkerError, WorkerTimeout
+from workers.runtime.errors import ClusterShrunk, WorkerError, WorkerTimeout
 from workers.runtime.resource_pool import ResourcePool
 from workers.runtime.worker import Worker, WorkerContext
 from workers.runtime.worker_group import PendingCall, WorkerGroup, spawn_colocated
@@ -8,6 +8,7 @@ from workers.runtime.worker_group import PendingCall, WorkerGroup, spawn_colocat
 __all__ = [
     "Dispatch",
     "register",
+    "ClusterShrunk",
     "WorkerError",
     "WorkerTimeout",
     "ResourcePool",

@@ -5,10 +5,14 @@ from __future__ import annotations
 class WorkerError(RuntimeError):
     """A worker raised, or its process died, during a call."""
 
-    def __init__(self, role: str, rank: int, method: str, cause: str, *, process_died: bool = False):
+    def __init__(self, role: str, rank: int, method: str, cause: str, *, process_died: bool = False,
+                 node: dict[str, str] | None = None, node_lost: bool = False):
         self.role, self.rank, self.method, self.cause = role, rank, method, cause
         self.process_died = process_died  # the process is gone (killed, OOM, node lost), not a Python error
-        super().__init__(f"{role} rank {rank} failed in {method}(): {cause}")
+        self.node, self.node_lost = node, node_lost  # node_lost: its whole Ray node left the cluster
+        where = f" on node {node['node_id']} ({node['ip']})" if node else ""
+        lost = "; that node has left the Ray cluster" if node_lost else ""
+        super().__init__(f"{role} rank {rank}{where} failed in {method}(): {cause}{lost}")
 
 
 class WorkerTimeout(TimeoutError):
@@ -20,3 +24,7 @@ class WorkerTimeout(TimeoutError):
             f"{role}.{method}() did not finish within {timeout_s:.0f}s; "
             f"still running on rank(s) {pending_ranks}"
         )
+
+
+class ClusterShrunk(RuntimeError):
+    """The Ray cluster has fewer live nodes than a resource pool needs: waiting for placement would be in vain."""

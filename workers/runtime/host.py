@@ -36,6 +36,12 @@ class WorkerHost:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> dict[str, str]:
+        """Which Ray node this rank runs on: errors and the run's placement record name it."""
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray_node_ip(), "pid": str(os.getpid())}
+
     def init_distributed(self, master_addr: str, master_port: int, timeout_s: float) -> None:
         os.environ.update(
             RANK=str(self.rank),

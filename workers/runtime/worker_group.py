@@ -22,6 +22,7 @@ from workers.runtime.resource_pool import ResourcePool
 
 _POLL_S = 1.0  # how often a long wait wakes to notice dead ranks
 _DEATH_GRACE_S = 5.0  # after a rank's error, how long to look for a peer whose death caused it
+_NODE_SETTLE_S = 3.0  # after a death, how long to wait for Ray to say whether the whole node went
 
 
 def _cause(err: Exception) -> str:
@@ -34,8 +35,12 @@ def _cause(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def gather(refs: list, ranks: list[int], role: str, method: str, timeout_s: float) -> dict[int, Any]:
-    """Wait for per-rank results; raise on the first failure or when the deadline passes."""
+def gather(refs: list, ranks: list[int], role: str, method: str, timeout_s: float,
+           nodes: list[dict] | None = None) -> dict[int, Any]:
+    """Wait for per-rank results; raise on the first failure or when the deadline passes.
+
+    `nodes` (per rank, from WorkerHost.node) lets an error name the machine as well as the rank.
+    """
     pending = dict(zip(refs, ranks))
     results: dict[int, Any] = {}
     deadline = time.monotonic() + timeout_s
@@ -51,13 +56,36 @@ def gather(refs: list, ranks: list[int], role: str, method: str, timeout_s: floa
             except GetTimeoutError:
                 raise WorkerTimeout(role, method, [rank], timeout_s) from None
             except RayActorError as e:
-                raise WorkerError(role, rank, method, _cause(e), process_died=True) from None
+                raise _died(role, rank, method, e, nodes) from None
             except RayTaskError as e:
-                raise _dead_peer(pending, role, method) or WorkerError(role, rank, method, _cause(e)) from None
+                raise (_dead_peer(pending, role, method, nodes)
+                       or WorkerError(role, rank, method, _cause(e), node=_node(nodes, rank))) from None
     return results
 
 
-def _dead_peer(pending: dict, role: str, method: str) -> WorkerError | None:
+def _node(nodes: list[dict] | None, rank: int) -> dict | None:
+    return nodes[rank] if nodes is not None and rank < len(nodes) else None
+
+
+def _died(role: str, rank: int, method: str, err: RayActorError, nodes: list[dict] | None) -> WorkerError:
+    node = _node(nodes, rank)
+    return WorkerError(role, rank, method, _cause(err), process_died=True, node=node,
+                       node_lost=node is not None and not node_alive(node["node_id"]))
+
+
+def node_alive(node_id: str, settle_s: float = _NODE_SETTLE_S) -> bool:
+    """False once Ray has marked the node dead; a dying node is given `settle_s` to be noticed."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        state = {n["NodeID"]: n.get("Alive", False) for n in ray.nodes()}
+        if not state.get(node_id, False):
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.5)
+
+
+def _dead_peer(pending: dict, role: str, method: str, nodes: list[dict] | None = None) -> WorkerError | None:
     """A rank that died mid-collective makes its peers fail too (a gloo/NCCL error): name the dead one.
 
     Looks briefly at the ranks still pending; the driver then restarts for a death instead of
@@ -70,7 +98,7 @@ def _dead_peer(pending: dict, role: str, method: str) -> WorkerError | None:
         try:
             ray.get(ref, timeout=1.0)
         except RayActorError as e:
-            return WorkerError(role, pending[ref], method, _cause(e), process_died=True)
+            return _died(role, pending[ref], method, e, nodes)
         except Exception:  # noqa: BLE001 - any other outcome says nothing about a death
             continue
     return None
@@ -80,14 +108,14 @@ class PendingCall:
     """A call in flight. `result()` collects it; passing it as an argument to another group call chains it."""
 
     def __init__(self, refs: list, ranks: list[int], role: str, method: str,
-                 collect: Callable[[list[Any]], Any], timeout_s: float):
-        self._refs, self._ranks, self._collect = refs, ranks, collect
+                 collect: Callable[[list[Any]], Any], timeout_s: float, nodes: list[dict] | None = None):
+        self._refs, self._ranks, self._collect, self._nodes = refs, ranks, collect, nodes
         self.role, self.method, self.timeout_s = role, method, timeout_s
         self._done, self._value = False, None
 
     def result(self, timeout_s: float | None = None) -> Any:
         if not self._done:
-            got = gather(self._refs, self._ranks, self.role, self.method, timeout_s or self.timeout_s)
+            got = gather(self._refs, self._ranks, self.role, self.method, timeout_s or self.timeout_s, self._nodes)
             self._value = self._collect([got[r] for r in self._ranks])
             self._done = True
         return self._value
@@ -100,8 +128,9 @@ def _resolve(value: Any) -> Any:
 class WorkerGroup:
     """All ranks of one role. Each `@register`ed method of the role class becomes a method here."""
 
-    def __init__(self, role: str, role_cls: type, hosts: list, timeout_s: float):
+    def __init__(self, role: str, role_cls: type, hosts: list, timeout_s: float, nodes: list[dict] | None = None):
         self.role, self.role_cls, self.hosts, self.timeout_s = role, role_cls, hosts, timeout_s
+        self.nodes = nodes  # per rank: the Ray node id, its address and the host's pid
         self._specs = registered_methods(role_cls)
         self._mesh: list[dict] | None = None
         for name, spec in self._specs.items():
@@ -149,7 +178,7 @@ class WorkerGroup:
     def _launch(self, method: str, ranks: list[int], per_rank: list[tuple[tuple, dict]],
                 collect: Callable[[list[Any]], Any]) -> PendingCall:
         refs = [self.hosts[r].call.remote(self.role, method, a, kw) for r, (a, kw) in zip(ranks, per_rank)]
-        return PendingCall(refs, ranks, self.role, method, collect, self.timeout_s)
+        return PendingCall(refs, ranks, self.role, method, collect, self.timeout_s, self.nodes)
 
     def _launch_dp(self, method: str, args: tuple, kwargs: dict, dp_of_rank: list[int],
                    collect_ranks: list[int]) -> PendingCall:
@@ -187,7 +216,7 @@ class WorkerGroup:
                                     f"{self.role}.{method}()")
             return kept
 
-        return PendingCall(refs, all_ranks, self.role, method, collect, self.timeout_s)
+        return PendingCall(refs, all_ranks, self.role, method, collect, self.timeout_s, self.nodes)
 
     def shutdown(self) -> None:
         for h in self.hosts:
@@ -209,13 +238,16 @@ def spawn_colocated(pool: ResourcePool, roles: dict[str, tuple[type, dict]], *, 
     label = "+".join(roles)
     ranks = list(range(len(hosts)))
     try:
-        addr, port = gather([hosts[0].address.remote()], [0], label, "address", init_timeout_s)[0]
+        got = gather([h.node.remote() for h in hosts], ranks, label, "node", init_timeout_s)
+        nodes = [got[r] for r in ranks]
+        addr, port = gather([hosts[0].address.remote()], [0], label, "address", init_timeout_s, nodes)[0]
         gather([h.init_distributed.remote(addr, port, init_timeout_s) for h in hosts], ranks, label,
-               "init_distributed", init_timeout_s)
+               "init_distributed", init_timeout_s, nodes)
         for role, (cls, kwargs) in roles.items():
-            gather([h.add_role.remote(role, cls, kwargs) for h in hosts], ranks, role, "__init__", init_timeout_s)
+            gather([h.add_role.remote(role, cls, kwargs) for h in hosts], ranks, role, "__init__", init_timeout_s,
+                   nodes)
     except Exception:
         for h in hosts:
             ray.kill(h, no_restart=True)
         raise
-    return {role: WorkerGroup(role, cls, hosts, timeout_s) for role, (cls, _) in roles.items()}
+    return {role: WorkerGroup(role, cls, hosts, timeout_s, nodes) for role, (cls, _) in roles.items()}
