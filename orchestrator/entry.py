@@ -1,6 +1,7 @@
 """What `baton train`, `baton sft` and `baton run-default` do, from a validated config."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from orchestrator import warm_start
 from orchestrator.assets.tiny_model import build_tiny_model
+from orchestrator.cluster.shared_paths import resolve_shared_paths
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.validate import check_model_paths
 from orchestrator.ray_cluster import init_ray
@@ -41,6 +43,12 @@ def start_ray(cfg: DictConfig) -> None:
              env_vars={"TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
 
 
+def write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
 def tokenizer_for(key: str, path: str):
     """The tokenizer saved with the model at `path` (config key `key` names it in errors)."""
     try:
@@ -59,6 +67,7 @@ def ensure_model_for_train(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
     """Every input checked, then Ray, then RL with automatic recovery. `classes` swaps role classes (tests)."""
+    resolve_shared_paths(cfg)
     ensure_model_for_train(cfg)
     check_model_paths(cfg)  # files on disk: still before any actor starts
     tok = tokenizer_for("model.path", cfg.model.path)
@@ -72,6 +81,7 @@ def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
     def attempt(resume: bool) -> dict:
         state["trainer"] = None
         roles = build_roles(cfg, tok.pad_token_id, classes=classes)
+        write_json_atomic(out / "placement.json", roles.placement())
         trainer = None
         try:
             trainer = state["trainer"] = RLTrainer(cfg, tok, roles, train_rows, val_rows, tracker)
@@ -123,6 +133,7 @@ def _summarise(cfg: DictConfig, out: Path, wall_time_s: float, health: RunHealth
 def sft(cfg: DictConfig) -> Path:
     """Warm start: fine-tune on the task's worked solutions; writes an HF checkpoint to sft.output_path."""
     task = get_task(cfg.task.name)
+    resolve_shared_paths(cfg)
     target = Path(cfg.sft.output_path)
     base = cfg.sft.base_model_path
     scratch = target.parent / f".{target.name}-base"
@@ -179,12 +190,14 @@ def ensure_warm_start(cfg: DictConfig) -> None:
 
 def run_default(cfg: DictConfig) -> dict:
     """`make run`: the warm start, then RL."""
+    resolve_shared_paths(cfg)
     ensure_warm_start(cfg)
     return train(cfg)
 
 
 def rebuild_shipped_warm_start(cfg: DictConfig) -> Path:
     """`make warm-start`: train the warm start with the configured recipe, then store it in the repo."""
+    resolve_shared_paths(cfg)
     if not warm_start.matches(Path(cfg.model.path), cfg):
         sft(cfg)
     path = warm_start.ship(cfg)

@@ -1,9 +1,12 @@
 """Start or join the Ray cluster the driver runs on, with the settings this project needs on every machine."""
 from __future__ import annotations
 
+import json
 import os
 
 import ray
+
+from orchestrator import stop_signal
 
 # Keep a local cluster on loopback, never ask for auth tokens, never phone home.
 LOCAL_RAY_ENV = {
@@ -21,9 +24,10 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, ob
         return
     for k, v in LOCAL_RAY_ENV.items():
         os.environ.setdefault(k, v)
-    runtime_env = {"env_vars": dict(env_vars or {})}
+    runtime_env = {"env_vars": {k: v for k, v in (env_vars or {}).items() if k not in _job_env_keys()}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        stop_signal.install()
         return
     os.environ.pop("RAY_ADDRESS", None)
     _keep_on_loopback()
@@ -35,6 +39,20 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, ob
         runtime_env=runtime_env,
         log_to_driver=True,
     )
+    stop_signal.install()
+
+
+def _job_env_keys() -> set[str]:
+    """Env vars the Ray Job this driver runs in (`baton submit`) already gives every worker.
+
+    Ray refuses to merge a job's runtime env with the driver's when both set the same key, and the
+    job's values (and its working dir on PYTHONPATH) are the ones meant to win.
+    """
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return set()
+    runtime_env = json.loads(raw).get("runtime_env") or {}
+    return set(runtime_env.get("env_vars") or {}) | {"PYTHONPATH"}
 
 
 def _keep_on_loopback() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from orchestrator.cluster.shared_paths import resolve_shared_paths
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.model_files import check_model_dir, hf_config
 from orchestrator.entry import start_ray, tokenizer_for
@@ -43,6 +44,7 @@ def _max_positions(path: str) -> int | None:
 
 def train_reward_model(cfg: DictConfig) -> dict[str, Any]:
     """Train on rm.train_files (or generated task pairs); returns what rm_eval.json holds."""
+    resolve_shared_paths(cfg)
     base = cfg.rm.base_model_path
     _check_base(base)
     tok = tokenizer_for("rm.base_model_path", base)

@@ -241,6 +241,7 @@ class ClusterConfig:
     rollout_devices_per_node: int = MISSING  # split placement: rollout pool size per node, besides devices_per_node
     rpc_timeout_s: float = MISSING  # bound on every remote call
     init_timeout_s: float = MISSING  # bound on actor start-up and process-group rendezvous
+    shared_dir: Optional[str] = None  # absolute dir every node mounts: relative output/cache paths resolve under it
 
 
 @dataclass

@@ -5,6 +5,7 @@ All run on the driver before Ray starts, and each failure names the full key pat
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -358,3 +359,21 @@ def validate_config(cfg: DictConfig, *, check_files: bool) -> DictConfig:
     if check_files:
         check_model_paths(cfg)
     return cfg
+
+
+@check
+def _shared_storage(cfg: DictConfig) -> None:
+    """Ranks on other machines must write where the driver reads: see orchestrator/cluster/shared_paths.py."""
+    from orchestrator.cluster.shared_paths import ROOT_KEYS, is_loopback_address
+
+    c = cfg.cluster
+    if c.shared_dir is not None and not os.path.isabs(c.shared_dir):
+        raise ConfigError("cluster.shared_dir", f"must be an absolute path every node mounts, got '{c.shared_dir}'")
+    if c.shared_dir is None and not is_loopback_address(c.address):
+        for key in ROOT_KEYS:
+            value = cfg.trainer[key]
+            if not os.path.isabs(value):
+                raise ConfigError(f"trainer.{key}", f"'{value}' is relative and cluster.address={c.address!r} joins "
+                                  "a cluster: it would resolve in each node's own copy of the job's working dir, so a "
+                                  "checkpoint shard written on another node would be lost. Set cluster.shared_dir to "
+                                  f"a directory every node mounts (or an absolute trainer.{key})")

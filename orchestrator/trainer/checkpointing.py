@@ -58,5 +58,23 @@ def _prune(root: Path, keep: int, current: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def verify_views(directory: Path, views: list[dict[str, int]], role: str, nodes: list[dict] | None) -> None:
+    """Every file any rank saw in `directory` is here too, the same size: else the storage is not shared.
+
+    Called before the checkpoint is finalised, so `latest` never names one whose shards live on
+    another machine's disk.
+    """
+    for rank, view in enumerate(views):
+        for rel, size in sorted(view.items()):
+            here = directory / rel
+            if not here.is_file() or here.stat().st_size != size:
+                node = nodes[rank] if nodes and rank < len(nodes) else None
+                where = f" on node {node['node_id']} ({node['ip']})" if node else ""
+                raise RuntimeError(
+                    f"checkpoint {directory}: {role} rank {rank}{where} wrote {rel} ({size} bytes) but the driver "
+                    f"{'sees a different size' if here.is_file() else 'cannot see it'}: trainer.output_dir is not on "
+                    "storage every node shares; set cluster.shared_dir to a directory every node mounts")
+
+
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     return json.loads((ckpt / "trainer_state.json").read_text())

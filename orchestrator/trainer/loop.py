@@ -235,10 +235,10 @@ class RLTrainer:
                  "rollout_matches_trainer": self.rollout_matches_trainer}
 
         def write_workers(tmp: Path) -> None:
-            self.actor.save_checkpoint(str(tmp / "actor"))
+            for group, name in ((self.actor, "actor"), (self.critic, "critic")):
+                if group is not None:  # every rank reports what it wrote; all of it must be where we read
+                    checkpointing.verify_views(tmp / name, group.save_checkpoint(str(tmp / name)), name, group.nodes)
             self.tok.save_pretrained(str(tmp / "actor"))  # a checkpoint reloads with the tokenizer that wrote it
-            if self.critic is not None:
-                self.critic.save_checkpoint(str(tmp / "critic"))
 
         return checkpointing.save_checkpoint(self.ckpt_root, self.step, write_workers, state,
                                              self.cfg.trainer.keep_checkpoints)

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from workers.batch import Batch
+from workers.roles.checkpoint_view import checkpoint_view
 from workers.roles.actor_loss import make_actor_loss
 from workers.roles.engine_specs import actor_optimizer_steps, optim_spec, role_engine
 from workers.roles.mini_batches import mean_history, mini_batches
@@ -109,10 +110,12 @@ class ActorRolloutWorker(Worker):
     # --- checkpoints and diagnostics --------------------------------------------------
 
     @register(Dispatch.ONE_TO_ALL)
-    def save_checkpoint(self, directory: str) -> None:
+    def save_checkpoint(self, directory: str) -> dict[str, int]:
+        """Collective; returns this rank's view of what every rank wrote (the driver checks it is shared)."""
         self.placement.to_train()
         self.engine.save_checkpoint(directory)
         save_rng_state(directory, self.rank, {"shuffle": self.shuffle_gen})
+        return checkpoint_view(directory)
 
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, directory: str) -> None:

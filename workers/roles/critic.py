@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from workers.batch import Batch
+from workers.roles.checkpoint_view import checkpoint_view
 from workers.roles.mini_batches import mean_history, mini_batches
 from workers.engines import LossFn, LossNorm
 from workers.losses.aggregation import LossAgg
@@ -81,10 +82,12 @@ class CriticWorker(Worker):
         return mean_history(history)
 
     @register(Dispatch.ONE_TO_ALL)
-    def save_checkpoint(self, directory: str) -> None:
+    def save_checkpoint(self, directory: str) -> dict[str, int]:
+        """Collective; returns this rank's view of what every rank wrote (the driver checks it is shared)."""
         ensure_train_mode()
         self.engine.save_checkpoint(directory)
         save_rng_state(directory, self.rank, {"shuffle": self.shuffle_gen})
+        return checkpoint_view(directory)
 
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, directory: str) -> None:
