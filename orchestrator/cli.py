@@ -5,6 +5,7 @@ import sys
 
 from omegaconf import OmegaConf
 
+from orchestrator import stop_signal
 from orchestrator.config import ConfigError, compose_config, list_groups, validate_config
 from orchestrator.config.load import missing_values
 from orchestrator.run_errors import RunEnded
@@ -17,6 +18,9 @@ commands:
   rm           reward model (Bradley-Terry) on preference pairs; default: pairs from the task
   run-default  what `make run` does: the warm start (cached / shipped / sft), then train
   warm-start   rebuild the warm start shipped in the repo: sft, then store it as bf16 (`make warm-start`)
+  submit       run train/sft/rm as a Ray Job on a cluster: `baton submit [--follow] [--address URL] key=value ...`
+  jobs         `baton jobs list | status ID | logs ID [--follow] | stop ID`
+  cluster      `baton cluster up --nodes 2 | down | status | kill-node I`: a multi-node Ray cluster on this machine
   bench        benchmarks: `baton bench rollout | sync | train | algorithms | backends | padding | throughput | precision | corrections | sampling | e2e`
 
 train/sft/rm options:
@@ -72,11 +76,17 @@ def main(argv: list[str] | None = None) -> None:
 
             bench_main(rest)
             return
+        if command in ("submit", "jobs", "cluster"):
+            from orchestrator.cluster import cli as cluster_cli
+
+            getattr(cluster_cli, f"{command}_main")(rest)
+            return
         if command not in ("train", "sft", "rm", "run-default", "warm-start"):
             raise SystemExit(f"baton: unknown command '{command}'\n\n{USAGE}")
         cfg = _config(command, rest)
         if cfg is None:
             return
+        stop_signal.install()  # `baton jobs stop`, a scheduler's preemption
         if command == "train":
             from orchestrator.entry import train
 
@@ -103,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     except RunEnded as err:
         print(f"baton: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except stop_signal.StopRequested:
+        print("baton: stopped by SIGTERM; workers shut down, `latest` is the last complete checkpoint",
+              file=sys.stderr)
+        raise SystemExit(143) from None
 
 
 if __name__ == "__main__":
