@@ -72,6 +72,9 @@ def free_port() -> int:
 def _ray_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    # A cluster runs the code each job uploads (its working dir), as a cluster of other machines would:
+    # this shell's PYTHONPATH would put a second copy of the packages beside it.
+    env.pop("PYTHONPATH", None)
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")
     # a job's `python -m orchestrator.cli ...` finds this interpreter (the venv Baton is installed in)
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])

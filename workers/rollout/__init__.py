@@ -1,0 +1,1 @@
+"""Rollout engines behind one interface (base.py): the built-in torch engine and vLLM."""
