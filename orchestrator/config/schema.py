@@ -36,6 +36,7 @@ class TrainerConfig:
     # each checkpoint) above which the model counts as diverged
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
     max_restarts: int = MISSING  # a dead worker or timed-out call: rebuild and resume this many times
+    mode: str = MISSING  # sync | one_step_off (split placement: step k+1's rollout overlaps step k's training)
 
 
 @dataclass

@@ -377,3 +377,26 @@ def _shared_storage(cfg: DictConfig) -> None:
                                   "a cluster: it would resolve in each node's own copy of the job's working dir, so a "
                                   "checkpoint shard written on another node would be lost. Set cluster.shared_dir to "
                                   f"a directory every node mounts (or an absolute trainer.{key})")
+
+
+@check
+def _rollout_schedule(cfg: DictConfig) -> None:
+    """trainer.mode: what each mode needs (orchestrator/trainer/schedules.py)."""
+    mode = cfg.trainer.mode
+    if mode == "async":
+        raise ConfigError("trainer.mode", "async (a continuous producer with a staleness bound) is not implemented "
+                          "yet; one_step_off overlaps each step's rollout with the previous step's training")
+    _one_of("trainer.mode", mode, ["sync", "one_step_off"])
+    if mode == "sync":
+        return
+    if cfg.cluster.placement != "split":
+        raise ConfigError("cluster.placement", f"trainer.mode={mode} overlaps rollout with training, so rollout needs "
+                          "devices of its own: set cluster.placement=split")
+    if cfg.algorithm.dynamic_sampling.enable:
+        raise ConfigError("algorithm.dynamic_sampling.enable", f"refilling a batch round by round is not supported "
+                          f"with trainer.mode={mode}: the next batch is generated in one call")
+    from orchestrator.advantages.registry import get_advantage_estimator
+
+    if get_advantage_estimator(cfg.algorithm.adv_estimator).needs_baseline_rollout:
+        raise ConfigError("algorithm.adv_estimator", f"{cfg.algorithm.adv_estimator} needs a greedy baseline rollout "
+                          f"of the policy being trained, which trainer.mode={mode} does not have")

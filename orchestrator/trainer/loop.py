@@ -1,6 +1,6 @@
 """The RL loop. `step` reads as the dataflow diagram in shared/ARCHITECTURE.md:
 
-generate (+ rewards) -> old log-probs -> ref log-probs -> values -> advantages (+ rollout correction)
+generate (+ rewards; when, relative to training, is trainer.mode: schedules.py) -> old log-probs -> ref log-probs -> values -> advantages (+ rollout correction)
 -> critic update -> actor update -> weight sync
 """
 from __future__ import annotations
@@ -27,7 +27,9 @@ from orchestrator.trainer.data import PromptStream, prompts_to_batch
 from orchestrator.run_errors import TrainingStopped
 from orchestrator.trainer.guards import HealthGuard
 from orchestrator.trainer.rewards import accuracy_scores, overlong_penalty, rule_scores
+from orchestrator.trainer.lineage import DataLineage
 from orchestrator.trainer.roles import Roles
+from orchestrator.trainer.schedules import make_schedule
 from orchestrator.trainer.sync_check import check_rollout_matches_trainer
 from workers.batch import Batch
 from workers.rollout.base import SamplingParams
@@ -59,6 +61,9 @@ class RLTrainer:
         self.step = 0
         self.flops = phase_flops(cfg.model.path, on_gpu=bool(cfg.cluster.use_gpu))
         self.rollout_matches_trainer = False  # rollout_correction.mode=auto: verified equal at the last check
+        self.policy_version = 0  # updates applied to the weights the rollout engines hold
+        self.schedule = make_schedule(cfg.trainer.mode)
+        self.lineage = DataLineage(Path(cfg.trainer.output_dir) / "lineage.jsonl")
 
     # --- sampling parameters ------------------------------------------------------------
 
@@ -85,6 +90,26 @@ class RLTrainer:
         batch["accuracy"] = accuracy_scores(batch, self.cfg, self.tok)
         return batch
 
+    def draw_prompts(self, step: int, round_: int) -> tuple[Batch, SamplingParams]:
+        """The next prompts of the stream and the sampling parameters of step `step`, round `round_`.
+
+        Each uid names the epoch and the dataset row (`e<epoch>s<step>r<round>-<row>`), which is what
+        the data lineage counts to show every prompt is trained on once per epoch.
+        """
+        rows = self.stream.next_rows()
+        prompts = prompts_to_batch(rows, self.tok, uid_prefix=f"e{self.stream.epoch}s{step}r{round_}")
+        params = self.sampling(n=self.cfg.rollout.n, temperature=self.cfg.rollout.temperature,
+                               seed=self.cfg.trainer.seed * 100003 + step * 101 + round_)
+        return prompts, params
+
+    def finish_rollout(self, prompts: Batch, out: Batch, version: int) -> Batch:
+        """Score a generated batch and stamp it with the policy version that generated it."""
+        out = self.score(out)
+        if self.estimator.needs_baseline_rollout:
+            out = self.baseline_rollout(prompts, out)
+        out["policy_version"] = torch.full((len(out),), version, dtype=torch.long)
+        return out
+
     def generate(self, metrics: dict[str, float]) -> Batch:
         """Roll out one batch of prompts and score it; with dynamic sampling, refill until full."""
         ds = self.cfg.algorithm.dynamic_sampling
@@ -93,13 +118,9 @@ class RLTrainer:
         groups_kept = groups_seen = rounds = 0
         while rounds == 0 or (ds.enable and groups_kept < want and rounds < ds.max_rounds):
             rounds += 1
-            prompts = prompts_to_batch(self.stream.next_rows(), self.tok, uid_prefix=f"s{self.step}r{rounds}")
-            params = self.sampling(n=self.cfg.rollout.n, temperature=self.cfg.rollout.temperature,
-                                   seed=self.cfg.trainer.seed * 100003 + self.step * 101 + rounds)
-            out = self.score(self.rollout.generate(prompts, params))
-            if self.estimator.needs_baseline_rollout:
-                out = self.baseline_rollout(prompts, out)
-            self._rollout_metrics(out, metrics)
+            prompts, params = self.draw_prompts(self.step, rounds)
+            out = self.finish_rollout(prompts, self.rollout.generate(prompts, params), self.policy_version)
+            self.rollout_metrics(out, metrics)
             if ds.enable:
                 out, n_kept, n_seen = stages.keep_informative_groups(out)
                 groups_kept, groups_seen = groups_kept + n_kept, groups_seen + n_seen
@@ -129,7 +150,7 @@ class RLTrainer:
         batch["baseline_scores"] = greedy["scores"].repeat_interleave(self.cfg.rollout.n)
         return batch
 
-    def _rollout_metrics(self, batch: Batch, metrics: dict[str, float]) -> None:
+    def rollout_metrics(self, batch: Batch, metrics: dict[str, float]) -> None:
         lengths = stages.response_lengths(batch)
         metrics.update({"reward/mean": float(batch["scores"].mean()), "reward/std": float(batch["scores"].std()),
                         "train/accuracy": float(batch["accuracy"].mean()),
@@ -139,14 +160,16 @@ class RLTrainer:
             if isinstance(v, (int, float)):
                 metrics[f"rollout/{k}"] = float(v)
 
-    def old_log_probs(self, batch: Batch, m: dict[str, float]) -> Batch:
+    def old_log_probs(self, batch: Batch, m: dict[str, float], stale: bool = False) -> Batch:
         """pi_old of the sampled tokens, recomputed by the training engine; the gap to the rollout's log-probs is
         logged and checked. With rollout_correction.mode=bypass the rollout's log-probs are pi_old and the
         recompute runs only on verify steps (hybrid.verify_every), for the gap and the corruption alarm; with
-        auto, the same while the last verified gap was within equal_tolerance (orchestrator/rollout_correction.py)."""
+        auto, the same while the last verified gap was within equal_tolerance (orchestrator/rollout_correction.py).
+        A `stale` batch (generated by older weights, trainer.mode=one_step_off) is always recomputed under auto:
+        its gap to the trainer is the policy's own change, not an engine difference."""
         rc = self.cfg.algorithm.rollout_correction
         every = self.cfg.hybrid.verify_every
-        skip = rc.mode == "bypass" or (rc.mode == "auto" and self.rollout_matches_trainer)
+        skip = rc.mode == "bypass" or (rc.mode == "auto" and self.rollout_matches_trainer and not stale)
         if skip and not (every and self.step % every == 0):
             batch["old_log_probs"] = batch["rollout_log_probs"]
             m["rollout_correction/recomputed"] = 0.0
@@ -154,8 +177,8 @@ class RLTrainer:
         with phase_timer("old_log_prob", m):
             batch = batch.union(self.actor.compute_log_prob(batch))
         m["rollout_correction/recomputed"] = 1.0
-        check_rollout_matches_trainer(batch, self.cfg, self.step, m, self.roles)
-        if rc.mode == "auto":
+        check_rollout_matches_trainer(batch, self.cfg, self.step, m, self.roles, stale=stale)
+        if rc.mode == "auto" and not stale:
             gap = m.get("sync/logprob_mean_abs_diff", math.inf)
             self.rollout_matches_trainer = math.isfinite(gap) and gap <= rc.equal_tolerance
         if rc.mode == "bypass":
@@ -167,9 +190,11 @@ class RLTrainer:
     def train_step(self) -> dict[str, float]:
         m: dict[str, float] = {}
         with phase_timer("generate", m):
-            batch = self.generate(m)
+            batch = self.schedule.take(self, m)
         tokens = float(batch["response_mask"].sum())
-        batch = self.old_log_probs(batch, m)
+        stale = self.staleness_metrics(batch, m)
+        self.lineage.record(self.step, batch)
+        batch = self.old_log_probs(batch, m, stale)
         if self.ref is not None:
             with phase_timer("ref", m):
                 batch = batch.union(self.ref.compute_ref_log_prob(batch))
@@ -179,7 +204,8 @@ class RLTrainer:
         with phase_timer("advantage", m):
             batch, kl_metrics = stages.token_level_rewards(batch, self.cfg, self.kl_ctrl)
             batch = stages.advantages(batch, self.cfg)
-            batch, correction_metrics = rollout_correction.correct(batch, self.cfg.algorithm.rollout_correction)
+            batch, correction_metrics = rollout_correction.correct(batch, self.cfg.algorithm.rollout_correction,
+                                                                   stale=stale)
         m.update(kl_metrics)
         m.update(correction_metrics)
         if self.critic is not None:
@@ -188,17 +214,25 @@ class RLTrainer:
         if self.critic is None or self.step > self.cfg.critic.warmup_steps:
             with phase_timer("update_actor", m):
                 m.update(mean_metrics(self.actor.update_actor(batch)))
+        self.schedule.before_sync(self, m)
         with phase_timer("sync", m):
             m.update(self.roles.sync_weights())
+        self.policy_version = self.step
         self.record_throughput(m, generated=tokens, attended=float(batch["attention_mask"].sum()))
         self.last_batch = batch
         return m
+
+    def staleness_metrics(self, batch: Batch, m: dict[str, float]) -> bool:
+        """How many updates behind the trained weights each sample's policy is; True when any is behind."""
+        behind = (self.policy_version - batch["policy_version"]).float()
+        m["async/staleness_mean"], m["async/staleness_max"] = float(behind.mean()), float(behind.max())
+        return bool(behind.max() > 0)
 
     def record_throughput(self, m: dict[str, float], *, generated: float, attended: float) -> None:
         """`perf/tokens_per_s/<phase>` and `perf/mfu/<phase>` (see orchestrator/tracking/flops.py): generation
         counts generated tokens, training-side phases every attended token (their forwards process them all)."""
         for phase in ("generate", *TRAINING_PHASES):
-            if timing_key(phase) not in m:
+            if timing_key(phase) not in m or (phase == "generate" and m.get("async/overlapped")):
                 continue
             rate = throughput(m, phase, generated if phase == "generate" else attended)
             ranks = (self.rollout if phase == "generate" else self.actor).world_size
@@ -239,6 +273,7 @@ class RLTrainer:
                 if group is not None:  # every rank reports what it wrote; all of it must be where we read
                     checkpointing.verify_views(tmp / name, group.save_checkpoint(str(tmp / name)), name, group.nodes)
             self.tok.save_pretrained(str(tmp / "actor"))  # a checkpoint reloads with the tokenizer that wrote it
+            self.schedule.save(tmp)  # one_step_off: the batch generated for the next step
 
         return checkpointing.save_checkpoint(self.ckpt_root, self.step, write_workers, state,
                                              self.cfg.trainer.keep_checkpoints)
@@ -256,7 +291,10 @@ class RLTrainer:
         self.stream.restore(state["stream"])
         self.guard.restore(state["guard"])
         self.rollout_matches_trainer = bool(state.get("rollout_matches_trainer", False))
+        self.policy_version = self.step
+        self.schedule.load(ckpt)
         self.tracker.rewind(self.step, restore=state["metrics_record"])
+        self.lineage.rewind(self.step)
         log.info("resumed from %s at step %d", ckpt, self.step)
         return ckpt
 
@@ -270,6 +308,7 @@ class RLTrainer:
         resumed = self.resume() if resume else None
         if resumed is None:
             self.tracker.rewind(0)  # a restart from scratch redoes every step; the step-0 record stays
+            self.lineage.rewind(0)
         self.roles.sync_weights()
         self.loop_started = time.monotonic()
         if not self.tracker.has_record(self.step):  # the initial validation, once per run
