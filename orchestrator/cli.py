@@ -21,7 +21,7 @@ commands:
   submit       run train/sft/rm as a Ray Job on a cluster: `baton submit [--follow] [--address URL] key=value ...`
   jobs         `baton jobs list | status ID | logs ID [--follow] | stop ID`
   cluster      `baton cluster up --nodes 2 | down | status | kill-node I`: a multi-node Ray cluster on this machine
-  bench        benchmarks: `baton bench rollout | sync | train | algorithms | backends | padding | throughput | precision | corrections | sampling | e2e`
+  bench        benchmarks: `baton bench rollout | sync | train | algorithms | backends | padding | throughput | precision | corrections | async | sampling | e2e`
 
 train/sft/rm options:
   --cfg job    print the composed config and exit

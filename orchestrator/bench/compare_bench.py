@@ -1,6 +1,6 @@
 """Named sets of variants of the default job, side by side (orchestrator/bench/variants.py runs them).
 
-Not a test: `baton bench backends|padding|throughput|precision|corrections --steps 40 [--write] [key=value ...]`.
+Not a test: `baton bench backends|padding|throughput|precision|corrections|async --steps 40 [--write] [key=value ...]`.
 - backends: FSDP2 against Megatron-core with tensor parallel 2 and with pipeline parallel 2. Megatron must
   learn as FSDP2 does; s/step shows what each layout costs here (2 CPU ranks: TP and PP add collectives and a
   pipeline bubble that data parallelism does not have).
@@ -14,6 +14,9 @@ Not a test: `baton bench backends|padding|throughput|precision|corrections --ste
 - corrections: the trainer recomputing old log-probs (rollout_correction.mode=none) against bypass (the
   rollout's log-probs are the old ones, no recompute pass) and auto (bypass between verify steps while
   the engines are measured equal). Both must learn as well and be faster.
+- async: split placement with one trainer rank and one rollout worker (one core each), trainer.mode=sync
+  against one_step_off (step k+1's rollout runs while step k trains; samples one version old, corrected
+  by importance weights). one_step_off must be faster per step and learn within 5 points of sync.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from pathlib import Path
 
 from orchestrator.bench.variants import append_section, run_variants
 
+# One trainer rank and one rollout worker, each on its own core: rollout and training can then overlap.
+ONE_CORE_EACH = ["cluster.placement=split", "cluster.devices_per_node=1", "cluster.rollout_devices_per_node=1",
+                 "cluster.local_num_cpus=2"]
 NO_BUDGETS = [f"{role}.max_tokens_per_micro_batch=null" for role in ("actor", "ref", "critic")]
 SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
     "backends": ("backend", "Training backends on the default job", {
@@ -49,6 +55,10 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
         "recompute (mode=none)": ["algorithm.rollout_correction.mode=none"],
         "bypass": ["algorithm.rollout_correction.mode=bypass"],
         "auto (bypass while verified equal)": ["algorithm.rollout_correction.mode=auto"],
+    }),
+    "async": ("rollout schedule", "Sync vs one-step-off rollout on the default job, split placement, one core each", {
+        "sync": [*ONE_CORE_EACH, "trainer.mode=sync"],
+        "one_step_off": [*ONE_CORE_EACH, "trainer.mode=one_step_off"],
     }),
 }
 
