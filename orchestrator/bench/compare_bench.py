@@ -58,7 +58,9 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
     }),
     "async": ("rollout schedule", "Sync vs one-step-off rollout on the default job, split placement, one core each", {
         "sync": [*ONE_CORE_EACH, "trainer.mode=sync"],
-        "one_step_off": [*ONE_CORE_EACH, "trainer.mode=one_step_off"],
+        "one_step_off (auto: recompute, tis)": [*ONE_CORE_EACH, "trainer.mode=one_step_off"],
+        "one_step_off + bypass (no recompute)": [*ONE_CORE_EACH, "trainer.mode=one_step_off",
+                                                 "algorithm.rollout_correction.mode=bypass"],
     }),
 }
 
