@@ -15,8 +15,9 @@ Not a test: `baton bench backends|padding|throughput|precision|corrections|async
   rollout's log-probs are the old ones, no recompute pass) and auto (bypass between verify steps while
   the engines are measured equal). Both must learn as well and be faster.
 - async: split placement with one trainer rank and one rollout worker (one core each), trainer.mode=sync
-  against one_step_off (step k+1's rollout runs while step k trains; samples one version old, corrected
-  by importance weights). one_step_off must be faster per step and learn within 5 points of sync.
+  against one_step_off (step k+1's rollout runs while step k trains; samples one version old) with auto
+  (the behaviour policy's log-probs as pi_old) and with tis (pi_old recomputed, importance weights).
+  one_step_off must be faster per step and learn within 5 points of sync.
 """
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
     }),
     "async": ("rollout schedule", "Sync vs one-step-off rollout on the default job, split placement, one core each", {
         "sync": [*ONE_CORE_EACH, "trainer.mode=sync"],
-        "one_step_off (auto: recompute, tis)": [*ONE_CORE_EACH, "trainer.mode=one_step_off"],
-        "one_step_off + bypass (no recompute)": [*ONE_CORE_EACH, "trainer.mode=one_step_off",
-                                                 "algorithm.rollout_correction.mode=bypass"],
+        "one_step_off (auto: behaviour log-probs as pi_old)": [*ONE_CORE_EACH, "trainer.mode=one_step_off"],
+        "one_step_off + tis (recompute pi_old, IS weights)": [*ONE_CORE_EACH, "trainer.mode=one_step_off",
+                                                              "algorithm.rollout_correction.mode=tis"],
     }),
 }
 

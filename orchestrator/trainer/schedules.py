@@ -3,10 +3,11 @@
 - `sync`: generate the batch, then train on it. Every sample comes from the weights being trained.
 - `one_step_off`: while the trainer works on step k's batch, the rollout pool (split placement) is
   already generating step k+1's, with the weights of step k-1. Generation leaves the critical path
-  whenever it takes no longer than training; each trained sample is exactly one policy version old,
-  and the loss corrects for it with the behaviour policy's log-probs (`rollout_log_probs`, recorded
-  by the rollout engine) through the rollout-correction importance weights (see
-  orchestrator/rollout_correction.py: `auto` applies `tis` to stale batches).
+  whenever it takes no longer than training; each trained sample is exactly one policy version old.
+  The loss uses the behaviour policy's log-probs (`rollout_log_probs`, recorded by the rollout
+  engine): under `rollout_correction.mode=auto` as PPO's pi_old while the engines are verified
+  equal, else with the trainer's recomputed pi_old and truncated importance weights (see
+  orchestrator/rollout_correction.py).
 
 Exactly once: the next batch is finished (generated and scored) before the weight sync, so when a
 checkpoint is written it is complete, and it is saved with the checkpoint, the prompt stream
