@@ -1,9 +1,15 @@
 """Shared set-up for end-to-end trainer tests: a tiny model on disk and fast overrides."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from orchestrator.assets.tiny_model import build_tiny_model
+from orchestrator.tracking import read_metrics_jsonl
 
 
 def tiny_model(path: Path) -> Path:
@@ -22,3 +28,23 @@ def fast_overrides(model: Path, root: Path, steps: int) -> list[str]:
         "rollout.max_new_tokens=4", "task.params.n_train=64", "task.params.n_test=16", "hybrid.verify_every=1",
         "critic.warmup_steps=0", "reward.rule_fn=answer_format",  # varies even for a random model
     ]
+
+
+def kill_train_during_step(overrides: list[str], run: Path, step: int, timeout_s: float = 300) -> None:
+    """`baton train overrides` in its own process group (driver + its own Ray cluster), SIGKILLed once `step`
+    has started, i.e. once step - 1 is logged in run/metrics.jsonl."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "train", *overrides],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and any(r["step"] == step - 1 and "timing_s/step" in r
+                                         for r in read_metrics_jsonl(metrics)):
+                break  # step - 1 is logged, so the driver is inside `step` now
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)

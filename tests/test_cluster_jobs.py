@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ def cluster(tmp_path_factory):
     finally:
         local_cluster.down(directory)
         assert not local_cluster._cluster_pids(c.temp_dir), "`baton cluster down` left processes behind"
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _run_overrides(shared: Path, name: str, *extra: str) -> list[str]:
@@ -133,13 +135,19 @@ def _leftovers(c: local_cluster.LocalCluster) -> tuple[list, list]:
     return actors, groups
 
 
-def test_jobs_stop_ends_the_run_quickly_and_cleanly(cluster):
-    c, directory, shared = cluster
-    run = shared / "outputs" / "stopped"
-    res = _baton(directory, "submit", "--job-id", "baton-stop",
-                 *_run_overrides(shared, "stopped", "trainer.total_steps=2000"), timeout=60)
+def _start_long_run(directory: Path, shared: Path, job_id: str, name: str) -> Path:
+    """Submit a 2000-step job (no --follow) and return its run dir once its first checkpoint exists."""
+    run = shared / "outputs" / name
+    res = _baton(directory, "submit", "--job-id", job_id, *_run_overrides(shared, name, "trainer.total_steps=2000"),
+                 timeout=60)
     assert res.returncode == 0, res.stderr
     _wait_for(lambda: (run / "checkpoints" / "latest").is_file(), 180, "the first checkpoint")
+    return run
+
+
+def test_jobs_stop_ends_the_run_quickly_and_cleanly(cluster):
+    c, directory, shared = cluster
+    run = _start_long_run(directory, shared, "baton-stop", "stopped")
     start = time.monotonic()
     res = _baton(directory, "jobs", "stop", "baton-stop", "--wait", "30", timeout=60)
     elapsed = time.monotonic() - start
@@ -151,11 +159,7 @@ def test_jobs_stop_ends_the_run_quickly_and_cleanly(cluster):
 
 def test_a_killed_worker_node_fails_the_job_naming_role_rank_and_node(cluster):
     c, directory, shared = cluster
-    run = shared / "outputs" / "node-lost"
-    res = _baton(directory, "submit", "--job-id", "baton-node-lost",
-                 *_run_overrides(shared, "node-lost", "trainer.total_steps=2000"), timeout=60)
-    assert res.returncode == 0, res.stderr
-    _wait_for(lambda: (run / "checkpoints" / "latest").is_file(), 180, "the first checkpoint")
+    run = _start_long_run(directory, shared, "baton-node-lost", "node-lost")
     victim = next(n.node_id for n in local_cluster.alive_nodes(c) if n.node_name == "baton-node-1")
     start = time.monotonic()
     local_cluster.kill_node(1, directory)

@@ -3,11 +3,6 @@ corrected by importance weights, and a killed run resumes training every prompt 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from e2e_helpers import fast_overrides, tiny_model
+from e2e_helpers import fast_overrides, kill_train_during_step, tiny_model
 from orchestrator import rollout_correction
 from orchestrator.config import ConfigError, compose_config, validate_config
 from orchestrator.entry import train
@@ -84,28 +79,10 @@ def test_tis_recomputes_and_weights_stale_batches(ray_cluster, model, tmp_path):
         assert steps[k]["rollout_correction/is_weight_mean"] != 1.0  # pi_old (trained) over mu (one update older)
 
 
-def _kill_during(model: Path, root: Path, step: int) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "train", *_overrides(model, root)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    metrics = root / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if metrics.is_file() and any(r["step"] == step - 1 and "timing_s/step" in r
-                                         for r in read_metrics_jsonl(metrics)):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_killed_run_resumes_with_the_in_flight_batch_exactly_once(ray_cluster, model, reference, tmp_path):
-    _kill_during(model, tmp_path, step=4)
+    kill_train_during_step(_overrides(model, tmp_path), tmp_path / "run", step=4)
     run = tmp_path / "run"
     saved = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
     assert 2 <= saved < STEPS

@@ -9,17 +9,12 @@ One uninterrupted 12-step GRPO run is the reference. Against it:
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from e2e_helpers import fast_overrides, tiny_model
+from e2e_helpers import fast_overrides, kill_train_during_step, tiny_model
 from fault_roles import AlwaysKillActor, KillOnceActor
 from orchestrator.config import compose_config, validate_config
 from orchestrator.entry import train
@@ -69,27 +64,8 @@ def reference(ray_cluster, model, tmp_path_factory) -> dict[int, dict]:
     return steps
 
 
-def _kill_driver_during_step(model: Path, root: Path, step: int) -> None:
-    """`baton train` in its own process group (driver + its own Ray cluster), SIGKILLed once `step` started."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "train", *_overrides(model, root)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    metrics = root / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if metrics.is_file() and any(r["step"] == step - 1 and "timing_s/step" in r
-                                         for r in read_metrics_jsonl(metrics)):
-                break  # step - 1 is logged, so the driver is inside `step` now
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-
-
 def test_killed_driver_resumes_exactly(ray_cluster, model, reference, tmp_path):
-    _kill_driver_during_step(model, tmp_path, step=5)
+    kill_train_during_step(_overrides(model, tmp_path), tmp_path / "run", step=5, timeout_s=240)
     run = tmp_path / "run"
     # normally step_3; a starved test process may notice step 4 late, so the kill lands later: any
     # checkpoint before the end with logged steps past it is the same test

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -85,8 +86,8 @@ def job_overrides(overrides: list[str], address: str) -> list[str]:
     return [*overrides, *extra]
 
 
-def validate_locally(command: str, overrides: list[str]) -> None:
-    """The same composition and checks as `baton <command>` (ConfigError on the first problem)."""
+def validate_locally(overrides: list[str]) -> None:
+    """The same composition and checks as `baton train|sft|rm` (ConfigError on the first problem)."""
     from orchestrator.config import compose_config, validate_config
 
     validate_config(compose_config(overrides), check_files=False)
@@ -95,12 +96,12 @@ def validate_locally(command: str, overrides: list[str]) -> None:
 def submit(command: str, overrides: list[str], *, address: str, env: dict[str, str], working_dir: Path,
            follow: bool, follow_timeout_s: float, submission_id: str | None = None) -> int:
     full = job_overrides(overrides, address)
-    validate_locally(command, full)
+    validate_locally(full)
     if not is_local_address(address):
         print(f"baton submit: sending the job to {address} (not this machine)")
     runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES,
                    "env_vars": {"TOKENIZERS_PARALLELISM": "false", **env}}
-    entrypoint = " ".join(["python", "-m", "orchestrator.cli", command, *(_quote(o) for o in full)])
+    entrypoint = " ".join(["python", "-m", "orchestrator.cli", command, *(shlex.quote(o) for o in full)])
     c = client(address)
     job_id = c.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
                           metadata={"baton_command": command})
@@ -113,12 +114,6 @@ def submit(command: str, overrides: list[str], *, address: str, env: dict[str, s
     if not follow:
         return 0
     return follow_job(c, job_id, follow_timeout_s)
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def follow_job(c, job_id: str, timeout_s: float, poll_s: float = 1.0) -> int:

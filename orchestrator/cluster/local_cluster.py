@@ -129,7 +129,8 @@ def up(nodes: int, cpus_per_node: int = 1, object_store_bytes: int = 256 << 20, 
             before = _cluster_pids(cluster.temp_dir)
             if i == 0:
                 args = ["--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                        f"--dashboard-port={dash_port}", f"--temp-dir={cluster.temp_dir}"]
+                        f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}",
+                        f"--temp-dir={cluster.temp_dir}"]
             else:
                 args = [f"--address={cluster.address}"]
             _ray_start(args + _node_args(i, cpus_per_node, object_store_bytes), timeout_s)
@@ -144,7 +145,8 @@ def up(nodes: int, cpus_per_node: int = 1, object_store_bytes: int = 256 << 20, 
     return cluster
 
 
-def alive_nodes(cluster: LocalCluster) -> list[dict]:
+def alive_nodes(cluster: LocalCluster) -> list:
+    """Ray's NodeState records of the live nodes (node_id, node_name, node_ip, resources_total)."""
     from ray.util.state import list_nodes
 
     return [n for n in list_nodes(address=cluster.dashboard, timeout=10, raise_on_missing_output=False)
@@ -166,7 +168,8 @@ def wait_for_nodes(cluster: LocalCluster, count: int, timeout_s: float) -> None:
                        f"(logs: {cluster.temp_dir}/session_latest/logs)")
 
 
-def _terminate(pids: list[int], grace_s: float = 5.0) -> None:
+def _with_children(pids: list[int] | set[int]) -> list[psutil.Process]:
+    """The processes and all their descendants (agents and workers are children of a raylet)."""
     procs = []
     for pid in pids:
         try:
@@ -174,38 +177,33 @@ def _terminate(pids: list[int], grace_s: float = 5.0) -> None:
             procs.extend([p, *p.children(recursive=True)])
         except psutil.NoSuchProcess:
             continue
+    return procs
+
+
+def _signal_all(procs: list[psutil.Process], sig: int) -> None:
     for p in procs:
         try:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(sig)
         except psutil.NoSuchProcess:
             pass
+
+
+def _terminate(pids: list[int], grace_s: float = 5.0) -> None:
+    procs = _with_children(pids)
+    _signal_all(procs, signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    _signal_all(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=grace_s)
 
 
 def kill_node(index: int, directory: Path | None = None) -> NodeRecord:
-    """What `ray stop` on that machine does: the node's raylet, agents and workers go, abruptly."""
+    """As if the machine died (or `ray stop --force` ran on it): the node's raylet, agents and workers are SIGKILLed."""
     cluster = LocalCluster.load(directory)
     if cluster is None:
         raise RuntimeError(f"no Baton cluster in {directory or default_dir()}")
     node = cluster.nodes[index]
-    procs = []
-    for pid in set(node.pids) & _cluster_pids(cluster.temp_dir):  # a recorded pid may belong to someone else now
-        try:
-            p = psutil.Process(pid)
-            procs.extend([p, *p.children(recursive=True)])
-        except psutil.NoSuchProcess:
-            continue
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    # a recorded pid may belong to someone else by now: only this cluster's processes qualify
+    _signal_all(_with_children(set(node.pids) & _cluster_pids(cluster.temp_dir)), signal.SIGKILL)
     return node
 
 
