@@ -43,7 +43,7 @@ def cluster(tmp_path_factory):
         yield c, directory, tmp_path_factory.mktemp("shared")
     finally:
         local_cluster.down(directory)
-        assert not local_cluster._cluster_pids(c.temp_dir), "`baton cluster down` left processes behind"
+        assert not local_cluster._cluster_pids(c.processes_root), "`baton cluster down` left processes behind"
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -76,7 +76,7 @@ def test_local_cluster_nodes_are_separate_ray_nodes_on_loopback(cluster):
     assert all(n.resources_total.get("CPU") == 1 for n in nodes)
     import psutil
 
-    pids = local_cluster._cluster_pids(c.temp_dir)
+    pids = local_cluster._cluster_pids(c.processes_root)
     for proc in list(pids):
         try:
             pids |= {child.pid for child in psutil.Process(proc).children(recursive=True)}

@@ -43,9 +43,15 @@ class LocalCluster:
     dashboard: str  # http address of the job server, what `baton submit --address` takes
     nodes: list[NodeRecord] = field(default_factory=list)
 
+    def node_temp_dir(self, index: int) -> Path:
+        """Each node's own Ray temp dir, as each machine of a real cluster has its own disk. Sharing one made
+        two nodes unpack a job's working dir into the same place while its driver imported from it."""
+        return Path(self.directory) / f"node{index}"
+
     @property
-    def temp_dir(self) -> Path:
-        return Path(self.directory) / "ray"
+    def processes_root(self) -> Path:
+        """Every process of this cluster names a path below it on its command line."""
+        return Path(self.directory)
 
     def save(self) -> None:
         path = Path(self.directory) / STATE_FILE
@@ -81,9 +87,9 @@ def _ray_env() -> dict[str, str]:
     return env
 
 
-def _cluster_pids(temp_dir: Path) -> set[int]:
-    """Every process of this cluster: each one's command line names the cluster's temp dir."""
-    needle = str(temp_dir)
+def _cluster_pids(root: Path) -> set[int]:
+    """Every process of this cluster: each one's command line names a path below the cluster's directory."""
+    needle = f"{root}/"
     found = set()
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
@@ -117,7 +123,7 @@ def up(nodes: int, cpus_per_node: int = 1, object_store_bytes: int = 256 << 20, 
         raise ValueError(f"--nodes must be >= 1, got {nodes}")
     directory = (directory or default_dir()).absolute()
     existing = LocalCluster.load(directory)
-    if existing is not None and _cluster_pids(existing.temp_dir):
+    if existing is not None and _cluster_pids(existing.processes_root):
         raise RuntimeError(f"a Baton cluster is already running from {directory} (address {existing.address}); "
                            "`baton cluster down` stops it")
     directory.mkdir(parents=True, exist_ok=True)
@@ -126,17 +132,17 @@ def up(nodes: int, cpus_per_node: int = 1, object_store_bytes: int = 256 << 20, 
                            dashboard=f"http://127.0.0.1:{dash_port}")
     try:
         for i in range(nodes):
-            before = _cluster_pids(cluster.temp_dir)
+            before = _cluster_pids(cluster.processes_root)
             if i == 0:
                 args = ["--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                         f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}",
-                        f"--temp-dir={cluster.temp_dir}"]
+                        f"--temp-dir={cluster.node_temp_dir(0)}"]
             else:
-                args = [f"--address={cluster.address}"]
+                args = [f"--address={cluster.address}", f"--temp-dir={cluster.node_temp_dir(i)}"]
             _ray_start(args + _node_args(i, cpus_per_node, object_store_bytes), timeout_s)
             time.sleep(0.5)  # the node's agents are forked by its raylet right after `ray start` returns
             cluster.nodes.append(NodeRecord(i, f"baton-node-{i}", cpus_per_node,
-                                            sorted(_cluster_pids(cluster.temp_dir) - before)))
+                                            sorted(_cluster_pids(cluster.processes_root) - before)))
             cluster.save()
         wait_for_nodes(cluster, nodes, timeout_s)
     except BaseException:
@@ -165,7 +171,7 @@ def wait_for_nodes(cluster: LocalCluster, count: int, timeout_s: float) -> None:
             return
         time.sleep(1.0)
     raise TimeoutError(f"local cluster: {seen} of {count} nodes registered within {timeout_s:.0f}s "
-                       f"(logs: {cluster.temp_dir}/session_latest/logs)")
+                       f"(logs: {cluster.node_temp_dir(0)}/session_latest/logs)")
 
 
 def _with_children(pids: list[int] | set[int]) -> list[psutil.Process]:
@@ -203,7 +209,7 @@ def kill_node(index: int, directory: Path | None = None) -> NodeRecord:
         raise RuntimeError(f"no Baton cluster in {directory or default_dir()}")
     node = cluster.nodes[index]
     # a recorded pid may belong to someone else by now: only this cluster's processes qualify
-    _signal_all(_with_children(set(node.pids) & _cluster_pids(cluster.temp_dir)), signal.SIGKILL)
+    _signal_all(_with_children(set(node.pids) & _cluster_pids(cluster.processes_root)), signal.SIGKILL)
     return node
 
 
@@ -211,8 +217,7 @@ def down(directory: Path | None = None) -> int:
     """Stop every process of the cluster in `directory`; returns how many there were."""
     directory = (directory or default_dir()).absolute()
     cluster = LocalCluster.load(directory)
-    temp_dir = cluster.temp_dir if cluster is not None else directory / "ray"
-    pids = sorted(_cluster_pids(temp_dir))
+    pids = sorted(_cluster_pids(directory))
     _terminate(pids)
     (directory / STATE_FILE).unlink(missing_ok=True)
     return len(pids)
