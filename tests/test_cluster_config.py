@@ -12,8 +12,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from orchestrator.cluster.jobs import is_local_address, job_overrides, redacted
-from orchestrator.cluster.shared_paths import resolve_shared_paths
+from orchestrator.cluster.jobs import job_overrides, redacted
+from orchestrator.cluster.shared_paths import is_loopback_address, resolve_shared_paths
 from orchestrator.config import ConfigError, compose_config, validate_config
 from orchestrator.trainer.checkpointing import verify_views
 
@@ -27,7 +27,7 @@ def test_job_overrides_join_the_cluster_and_default_the_shared_dir_only_when_loc
                      "cluster.object_store_bytes=0", f"cluster.shared_dir={tmp_path}"]
     remote = job_overrides(["preset=smoke", "cluster.address=10.0.0.1:6379"], "http://10.0.0.1:8265")
     assert remote == ["preset=smoke", "cluster.address=10.0.0.1:6379"]
-    assert is_local_address("127.0.0.1:8265") and not is_local_address("http://head.example:8265")
+    assert is_loopback_address("127.0.0.1:8265") and not is_loopback_address("http://head.example:8265")
 
 
 def test_secret_looking_env_values_are_never_printed():

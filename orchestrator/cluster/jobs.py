@@ -13,9 +13,9 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 from orchestrator.cluster.local_cluster import LocalCluster
+from orchestrator.cluster.shared_paths import is_loopback_address
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -33,11 +33,6 @@ def default_address() -> str:
         return os.environ["BATON_JOB_ADDRESS"]
     local = LocalCluster.load()
     return local.dashboard if local is not None else DEFAULT_ADDRESS
-
-
-def is_local_address(address: str) -> bool:
-    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def redacted(env: dict[str, str]) -> dict[str, str]:
@@ -81,7 +76,7 @@ def job_overrides(overrides: list[str], address: str) -> list[str]:
     if "cluster.address" not in keys:  # a joined cluster's CPUs and object store are what `ray start` gave it
         extra += ["cluster.address=auto"] + [f"cluster.{k}=0" for k in ("local_num_cpus", "object_store_bytes")
                                              if f"cluster.{k}" not in keys]
-    if "cluster.shared_dir" not in keys and is_local_address(address):
+    if "cluster.shared_dir" not in keys and is_loopback_address(address):
         extra.append(f"cluster.shared_dir={Path.cwd().absolute()}")
     return [*overrides, *extra]
 
@@ -97,7 +92,7 @@ def submit(command: str, overrides: list[str], *, address: str, env: dict[str, s
            follow: bool, follow_timeout_s: float, submission_id: str | None = None) -> int:
     full = job_overrides(overrides, address)
     validate_locally(full)
-    if not is_local_address(address):
+    if not is_loopback_address(address):
         print(f"baton submit: sending the job to {address} (not this machine)")
     runtime_env = {"working_dir": str(working_dir), "excludes": WORKING_DIR_EXCLUDES,
                    "env_vars": {"TOKENIZERS_PARALLELISM": "false", **env}}

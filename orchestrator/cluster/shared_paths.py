@@ -9,6 +9,7 @@ every node mounts; the current directory when it is not set), before any worker 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -21,10 +22,11 @@ PATH_LIST_KEYS = ("data.train_files", "data.val_files", "rm.train_files")
 
 
 def is_loopback_address(address: str | None) -> bool:
-    """A cluster on this machine: no address (Baton starts it) or a 127.0.0.1/localhost one."""
+    """A cluster on this machine: no address (Baton starts it) or a 127.0.0.1/localhost one, with or without
+    a scheme (a GCS `host:port` or a job server `http://host:port`)."""
     if not address:
         return True
-    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
     return host in ("127.0.0.1", "localhost", "::1")
 
 
