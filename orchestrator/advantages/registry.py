@@ -28,6 +28,9 @@ class AdvantageEstimator:
     needs_critic: values must be computed (critic worker group, value loss).
     needs_baseline_rollout: a greedy rollout per prompt must be scored into baseline_scores.
     uses_groups: advantages compare samples of the same prompt (rollout.n > 1 makes sense).
+    needs_teacher: a frozen teacher model must score the samples into teacher_log_probs (on-policy distillation).
+    on_policy_only: the estimator's derivation assumes samples of the current policy: one optimizer step per
+        batch (actor.ppo_epochs=1, actor.ppo_mini_batch_size=data.train_batch_size), checked by validation.
     """
 
     name: str
@@ -36,13 +39,16 @@ class AdvantageEstimator:
     needs_baseline_rollout: bool
     uses_groups: bool
     params: dict[str, str]  # argument -> key of the algorithm config section
+    needs_teacher: bool = False
+    on_policy_only: bool = False
 
 
 _ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
 def register_advantage(
-    name: str, *, needs_critic: bool, needs_baseline_rollout: bool, uses_groups: bool, params: Mapping[str, str]
+    name: str, *, needs_critic: bool, needs_baseline_rollout: bool, uses_groups: bool, params: Mapping[str, str],
+    needs_teacher: bool = False, on_policy_only: bool = False,
 ) -> Callable[[AdvantageFn], AdvantageFn]:
     """Decorator: make `fn` available as `name` in the config, with its requirement flags; `params` binds its
     hyperparameters to keys of the algorithm section (argument -> key), checked here."""
@@ -51,7 +57,8 @@ def register_advantage(
         if name in _ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} is already registered")
         _ESTIMATORS[name] = AdvantageEstimator(name, fn, needs_critic, needs_baseline_rollout, uses_groups,
-                                               checked_binding(fn, params, supplied=()))
+                                               checked_binding(fn, params, supplied=()), needs_teacher,
+                                               on_policy_only)
         return fn
 
     return deco

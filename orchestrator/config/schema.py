@@ -95,10 +95,17 @@ class MegatronConfig:
 
 @dataclass
 class PolicyLossConfig:
-    name: str = MISSING  # registry key: ppo | cispo | gspo | reinforce
+    name: str = MISSING  # registry key: ppo | cispo | gspo | reinforce | sapo | clip_cov | kl_cov
     clip_ratio_low: float = MISSING
     clip_ratio_high: float = MISSING
     dual_clip_c: Optional[float] = MISSING  # null disables dual-clip
+    tau_pos: float = MISSING  # sapo: gate temperature for tokens with A > 0
+    tau_neg: float = MISSING  # sapo: gate temperature for tokens with A <= 0
+    clip_cov_ratio: float = MISSING  # clip_cov: fraction of valid tokens whose gradient is detached
+    clip_cov_lb: float = MISSING  # clip_cov: covariance window [lb, ub] tokens are drawn from
+    clip_cov_ub: float = MISSING
+    kl_cov_ratio: float = MISSING  # kl_cov: fraction of valid tokens (largest covariance) given the KL penalty
+    kl_cov_coef: float = MISSING  # kl_cov: its coefficient on |log pi - log pi_old|
 
 
 @dataclass
@@ -110,11 +117,12 @@ class ActorConfig:
     log_prob_micro_batch_size: int = MISSING
     max_tokens_per_micro_batch: Optional[int] = MISSING  # FSDP2: also cut micro-batches at this many tokens; null: rows only
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
-    loss_agg_mode: str = MISSING  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
+    loss_agg_mode: str = MISSING  # token-mean | token-sum | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
+    loss_norm_constant: Optional[float] = MISSING  # seq-mean-token-sum-norm divisor; null: rollout.max_new_tokens
     entropy_coeff: float = MISSING
     use_kl_loss: bool = MISSING
     kl_loss_coef: float = MISSING
-    kl_loss_type: str = MISSING  # k1 | k2 | k3 | abs
+    kl_loss_type: str = MISSING  # k1 | k2 | k3 | abs | k1+ | k3+
     shuffle_mini_batches: bool = MISSING
     megatron: MegatronConfig = field(default_factory=MegatronConfig)  # backend=megatron only
 
@@ -149,6 +157,13 @@ class RefConfig:
     log_prob_micro_batch_size: int = MISSING
     max_tokens_per_micro_batch: Optional[int] = MISSING
     megatron: MegatronConfig = field(default_factory=MegatronConfig)  # backend=megatron: must equal the actor's
+
+
+@dataclass
+class TeacherConfig:
+    path: Optional[str] = MISSING  # frozen teacher (HF dir or a Baton checkpoint dir); needed by algorithm=opd
+    log_prob_micro_batch_size: int = MISSING
+    max_tokens_per_micro_batch: Optional[int] = MISSING
 
 
 @dataclass
@@ -227,6 +242,9 @@ class AlgorithmConfig:
     kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    passk_k: int = MISSING  # grpo_passk: the k of pass@k (<= rollout.n)
+    distill_coef: float = MISSING  # opd: weight of the per-token reverse-KL-to-teacher advantage
+    task_reward_coef: float = MISSING  # opd: weight of the task's group-normalised (GRPO) advantage; 0: pure distillation
 
 
 @dataclass
@@ -295,6 +313,7 @@ class BatonConfig:
     actor: ActorConfig = field(default_factory=ActorConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ref: RefConfig = field(default_factory=RefConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
