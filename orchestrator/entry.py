@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from orchestrator import warm_start
+from orchestrator import teacher_model, warm_start
 from orchestrator.assets.tiny_model import build_tiny_model
 from orchestrator.cluster.shared_paths import resolve_shared_paths
 from orchestrator.config.errors import ConfigError
@@ -27,7 +27,7 @@ from orchestrator.trainer.checkpointing import checkpoint_step
 from orchestrator.trainer.data import PromptStream, load_rows, load_train_val_rows, task_files
 from orchestrator.trainer.loop import RLTrainer
 from orchestrator.trainer.recovery import run_with_recovery
-from orchestrator.trainer.roles import build_roles
+from orchestrator.trainer.roles import build_roles, needs_teacher
 from orchestrator.trainer.run_dir import claim_run_dir
 from orchestrator.trainer.sft_data import sft_batch
 from workers.runtime import ResourcePool, spawn_colocated
@@ -69,6 +69,8 @@ def train(cfg: DictConfig, *, classes: dict[str, type] | None = None) -> dict:
     """Every input checked, then Ray, then RL with automatic recovery. `classes` swaps role classes (tests)."""
     resolve_shared_paths(cfg)
     ensure_model_for_train(cfg)
+    if needs_teacher(cfg):
+        teacher_model.prepare(cfg)
     check_model_paths(cfg)  # files on disk: still before any actor starts
     tok = tokenizer_for("model.path", cfg.model.path)
     train_rows, val_rows = load_train_val_rows(cfg, tok)

@@ -52,7 +52,7 @@ def shipped_path(cfg: DictConfig) -> Path:
     return SHIPPED_ROOT / f"{cfg.task.name}-tiny-{cfg.model.tiny.arch}"
 
 
-def _copy_converting(src: Path, dst: Path, dtype: torch.dtype) -> None:
+def copy_converting(src: Path, dst: Path, dtype: torch.dtype) -> None:
     """Copy a checkpoint directory, rewriting its floating-point weights in `dtype`; atomic at dst."""
     tmp = dst.parent / f".{dst.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -76,7 +76,7 @@ def install_shipped(cfg: DictConfig) -> bool:
     src = shipped_path(cfg)
     if not matches(src, cfg):
         return False
-    _copy_converting(src, Path(cfg.model.path), torch.float32)
+    copy_converting(src, Path(cfg.model.path), torch.float32)
     return True
 
 
@@ -87,5 +87,5 @@ def ship(cfg: DictConfig) -> Path:
         raise SystemExit(f"baton: {src} was not made by the configured SFT recipe; run `baton sft` first")
     dst = shipped_path(cfg)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _copy_converting(src, dst, torch.bfloat16)
+    copy_converting(src, dst, torch.bfloat16)
     return dst

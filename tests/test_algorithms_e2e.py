@@ -12,17 +12,27 @@ from orchestrator.config import compose_config, validate_config
 from orchestrator.config.load import list_groups
 from orchestrator.entry import train
 from orchestrator.tracking import read_metrics_jsonl
-from orchestrator.trainer.roles import needs_critic, needs_ref
+from orchestrator.assets.tiny_model import build_tiny_model
+from orchestrator.trainer.roles import needs_critic, needs_ref, needs_teacher
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-ALGORITHMS = ["cispo", "dapo", "drgrpo", "grpo", "gspo", "ppo", "reinforce_pp", "reinforce_pp_baseline", "remax",
-              "rloo"]
+ALGORITHMS = ["cispo", "dapo", "drgrpo", "grpo", "gspo", "opd", "ppo", "reinforce_pp", "reinforce_pp_baseline",
+              "remax", "rloo"]
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("algorithms") / "model")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A random teacher twice the student's width and depth: a teacher need not have the student's shape."""
+    path = tmp_path_factory.mktemp("algorithms") / "teacher"
+    build_tiny_model(path, arch="qwen2", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                     intermediate_size=256, max_position_embeddings=64, seed=1, tie_word_embeddings=True)
+    return path
 
 
 def test_every_algorithm_yaml_is_covered():
@@ -35,8 +45,8 @@ CASES = [pytest.param(a, [], id=a) for a in ALGORITHMS]
 
 
 @pytest.mark.parametrize("algorithm,extra", CASES)
-def test_algorithm_trains_two_steps(ray_cluster, model, tmp_path, algorithm, extra):
-    overrides = [f"algorithm={algorithm}", *fast_overrides(model, tmp_path, steps=2), *extra]
+def test_algorithm_trains_two_steps(ray_cluster, model, teacher, tmp_path, algorithm, extra):
+    overrides = [f"algorithm={algorithm}", *fast_overrides(model, tmp_path, steps=2), *extra, f"teacher.path={teacher}"]
     cfg = validate_config(compose_config(overrides), check_files=True)
     summary = train(cfg)
     records = [r for r in read_metrics_jsonl(tmp_path / "run" / "metrics.jsonl") if "timing_s/step" in r]
@@ -52,6 +62,7 @@ def test_algorithm_trains_two_steps(ray_cluster, model, tmp_path, algorithm, ext
         assert ("dynamic_sampling/rounds" in r) == cfg.algorithm.dynamic_sampling.enable
         assert ("kl_in_reward/kl" in r) == cfg.algorithm.use_kl_in_reward
         assert ("actor/kl_loss" in r) == cfg.actor.use_kl_loss
+        assert ("timing_s/teacher" in r) == ("teacher/reverse_kl" in r) == needs_teacher(cfg)
     if needs_critic(cfg):
         assert all(r["critic/grad_norm"] > 0 and r["critic/lr"] > 0 for r in records)
     if cfg.algorithm.dynamic_sampling.enable:

@@ -22,6 +22,8 @@ class AdvantageInputs:
         None only for estimators that do not group (gae, reinforce_plus_plus).
     values: [B, R] critic values V(s_t), or None when there is no critic.
     baseline_scores: [B] scores of a greedy rollout of each row's prompt (ReMax), or None.
+    log_probs: [B, R] the sampling policy's log-probs of the response tokens (pi_old), or None.
+    teacher_log_probs: [B, R] a frozen teacher's log-probs of the same tokens (on-policy distillation), or None.
     """
 
     token_level_rewards: Tensor
@@ -29,6 +31,8 @@ class AdvantageInputs:
     index: np.ndarray | None
     values: Tensor | None
     baseline_scores: Tensor | None
+    log_probs: Tensor | None = None
+    teacher_log_probs: Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = self.token_level_rewards.shape
@@ -39,6 +43,10 @@ class AdvantageInputs:
             raise ValueError(f"values {tuple(self.values.shape)} must match rewards {tuple(shape)}")
         if self.index is not None and len(self.index) != shape[0]:
             raise ValueError(f"index has {len(self.index)} uids for batch size {shape[0]}")
+        for name in ("log_probs", "teacher_log_probs"):
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise ValueError(f"{name} {tuple(value.shape)} must match rewards {tuple(shape)}")
         if self.baseline_scores is not None and tuple(self.baseline_scores.shape) != (shape[0],):
             raise ValueError(f"baseline_scores {tuple(self.baseline_scores.shape)} must be [{shape[0]}]")
 

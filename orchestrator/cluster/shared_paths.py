@@ -17,7 +17,7 @@ ROOT_KEYS = ("output_dir", "cache_dir")  # trainer.*: everything a run writes li
 # Every path a run reads or writes. Composition has already resolved interpolations, so model.path
 # (${trainer.cache_dir}/warmstart/...) is a plain relative string here and is rewritten like the roots.
 PATH_KEYS = ("trainer.output_dir", "trainer.cache_dir", "model.path", "critic.model_path", "reward.reward_model.path",
-             "sft.base_model_path", "sft.output_path", "rm.base_model_path", "rm.output_path")
+             "teacher.path", "sft.base_model_path", "sft.output_path", "rm.base_model_path", "rm.output_path")
 PATH_LIST_KEYS = ("data.train_files", "data.val_files", "rm.train_files")
 
 

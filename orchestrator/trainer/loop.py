@@ -1,6 +1,7 @@
 """The RL loop. `step` reads as the dataflow diagram in shared/ARCHITECTURE.md:
 
-generate (+ rewards; when, relative to training, is trainer.mode: schedules.py) -> old log-probs -> ref log-probs -> values -> advantages (+ rollout correction)
+generate (+ rewards; when, relative to training, is trainer.mode: schedules.py) -> old log-probs -> ref log-probs
+-> teacher log-probs -> values -> advantages (+ rollout correction)
 -> critic update -> actor update -> weight sync
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ class RLTrainer:
                  train_rows: list[dict], val_rows: list[dict], tracker: Tracker):
         self.cfg, self.tok, self.roles, self.tracker = cfg, tokenizer, roles, tracker
         self.actor, self.ref, self.critic, self.rm = roles.actor, roles.ref, roles.critic, roles.reward_model
+        self.teacher = roles.teacher  # a frozen model scoring the student's samples (on-policy distillation)
         self.rollout = roles.rollout  # the actor group itself when colocated, its own pool when split
         self.stream = PromptStream(train_rows, cfg.data.train_batch_size, cfg.trainer.seed, cfg.data.shuffle)
         self.val_rows = val_rows[: cfg.data.val_size] if cfg.data.val_size else val_rows
@@ -199,6 +201,10 @@ class RLTrainer:
         if self.ref is not None:
             with phase_timer("ref", m):
                 batch = batch.union(self.ref.compute_ref_log_prob(batch))
+        if self.teacher is not None:
+            with phase_timer("teacher", m):
+                batch = batch.union(self.teacher.compute_teacher_log_prob(batch))
+            m.update(stages.teacher_metrics(batch))
         if self.critic is not None:
             with phase_timer("values", m):
                 batch = batch.union(self.critic.compute_values(batch))

@@ -1,7 +1,7 @@
 """Create exactly the worker groups the configured algorithm needs, on one pool or two.
 
-What is needed comes from registry flags and config switches (KL to a reference, a critic for
-estimators that declare one, a reward model when enabled), never from the algorithm's name.
+What is needed comes from registry flags and config switches (KL to a reference, a critic or a teacher
+for estimators that declare one, a reward model when enabled), never from the algorithm's name.
 Where rollout runs comes from `cluster.placement`: `colocated` puts the rollout engine in the
 actor's process (hybrid engine, one pool); `split` gives it a pool of its own and syncs weights
 by broadcast. The loop sees the same `Roles` either way.
@@ -28,6 +28,7 @@ class Roles:
     ref: WorkerGroup | None
     critic: WorkerGroup | None
     reward_model: WorkerGroup | None
+    teacher: WorkerGroup | None = None
     pools: list[ResourcePool] = field(default_factory=list)
 
     def sync_weights(self) -> dict[str, float]:
@@ -39,7 +40,7 @@ class Roles:
         return [self.weights.group_diffs()]
 
     def groups(self) -> list[WorkerGroup]:
-        found = [self.actor, self.rollout, self.ref, self.critic, self.reward_model]
+        found = [self.actor, self.rollout, self.ref, self.teacher, self.critic, self.reward_model]
         return [g for i, g in enumerate(found) if g is not None and all(g is not h for h in found[:i])]
 
     def names(self) -> list[str]:
@@ -60,6 +61,10 @@ def needs_ref(cfg: DictConfig) -> bool:
     return bool(cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward)
 
 
+def needs_teacher(cfg: DictConfig) -> bool:
+    return get_advantage_estimator(cfg.algorithm.adv_estimator).needs_teacher
+
+
 def needs_critic(cfg: DictConfig) -> bool:
     return get_advantage_estimator(cfg.algorithm.adv_estimator).needs_critic
 
@@ -74,6 +79,10 @@ def role_specs(cfg: DictConfig, pad_token_id: int) -> dict[str, tuple[type, dict
         "actor": (ActorRolloutWorker, {"cfg": cfg, "pad_token_id": pad_token_id, "colocated": colocated})}
     if needs_ref(cfg):
         specs["ref"] = (RefWorker, {"cfg": cfg})
+    if needs_teacher(cfg):
+        from workers.roles.teacher import TeacherWorker
+
+        specs["teacher"] = (TeacherWorker, {"cfg": cfg})
     if needs_critic(cfg):
         from workers.roles.critic import CriticWorker
 
@@ -132,4 +141,5 @@ def build_roles(cfg: DictConfig, pad_token_id: int, *, classes: dict[str, type] 
             pool.release()
         raise
     return Roles(actor=groups["actor"], rollout=groups["rollout"], weights=weights, ref=groups.get("ref"),
-                 critic=groups.get("critic"), reward_model=groups.get("reward_model"), pools=pools)
+                 critic=groups.get("critic"), reward_model=groups.get("reward_model"), teacher=groups.get("teacher"),
+                 pools=pools)

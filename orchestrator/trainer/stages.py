@@ -39,10 +39,21 @@ def advantages(batch: Batch, cfg: DictConfig) -> Batch:
         index=batch.non_tensors["uid"],
         values=batch["values"] if "values" in batch else None,
         baseline_scores=batch["baseline_scores"] if "baseline_scores" in batch else None,
+        log_probs=batch["old_log_probs"] if "old_log_probs" in batch else None,
+        teacher_log_probs=batch["teacher_log_probs"] if "teacher_log_probs" in batch else None,
     )
     adv, returns = compute_advantage(name, data, advantage_params(name, dict(cfg.algorithm)))
     batch["advantages"], batch["returns"] = adv, returns
     return batch
+
+
+def teacher_metrics(batch: Batch) -> dict[str, float]:
+    """How far the student is from its teacher on its own samples: mean reverse KL (k1) per response token."""
+    mask = batch["response_mask"].float()
+    gap = (batch["old_log_probs"] - batch["teacher_log_probs"]).float() * mask
+    tokens = float(mask.sum().clamp(min=1.0))
+    return {"teacher/reverse_kl": float(gap.sum()) / tokens,
+            "teacher/log_prob": float((batch["teacher_log_probs"].float() * mask).sum()) / tokens}
 
 
 def keep_informative_groups(batch: Batch) -> tuple[Batch, int, int]:

@@ -4,28 +4,16 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from workers.batch import Batch
-from workers.roles.colocation import ensure_train_mode, register_engine
-from workers.roles.engine_specs import role_engine
-from workers.rollout.base import scoring_temperature
-from workers.runtime import Dispatch, Worker, WorkerContext, register
+from workers.roles.frozen_scorer import FrozenScorer
+from workers.runtime import Dispatch, WorkerContext, register
 
 
-class RefWorker(Worker):
+class RefWorker(FrozenScorer):
     def __init__(self, ctx: WorkerContext, cfg: DictConfig):
-        super().__init__(ctx)
-        self.cfg = cfg
-        self.engine = role_engine(cfg, ctx.device, cfg.model.path, "causal_lm", optim=None, megatron=cfg.ref.megatron,
-                                  max_tokens=cfg.ref.max_tokens_per_micro_batch)
-        register_engine("ref", self.engine)
-
-    @register(Dispatch.ONE_TO_ALL)
-    def mesh_info(self) -> dict:
-        return self.engine.mesh.dispatch_info()
+        super().__init__(ctx, cfg, role="ref", model_path=cfg.model.path, megatron=cfg.ref.megatron,
+                         max_tokens=cfg.ref.max_tokens_per_micro_batch,
+                         micro_batch_size=cfg.ref.log_prob_micro_batch_size)
 
     @register(Dispatch.DP_MESH)
     def compute_ref_log_prob(self, batch: Batch) -> Batch:
-        ensure_train_mode()
-        out = self.engine.compute_log_probs(batch, temperature=scoring_temperature(self.cfg.rollout.temperature),
-                                            micro_batch_size=self.cfg.ref.log_prob_micro_batch_size,
-                                            with_entropy=False)
-        return Batch.from_dict({"ref_log_probs": out["log_probs"]})
+        return Batch.from_dict({"ref_log_probs": self.score_tokens(batch)})
