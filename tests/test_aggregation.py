@@ -44,6 +44,7 @@ def test_counts():
     "mode,norm,expected",
     [
         ("token-mean", None, (1 + 2 + 3 + 4) / 4),
+        ("token-sum", None, 1 + 2 + 3 + 4),
         ("seq-mean-token-sum", None, (6 + 4) / 2),
         ("seq-mean-token-mean", None, (2 + 4) / 2),
         ("seq-mean-token-sum-norm", 3.0, (6 / 3 + 4 / 3) / 2),
@@ -73,7 +74,8 @@ def test_lossagg_validation():
 
 def test_degenerate_empty_minibatch_gives_zero_not_nan():
     empty = torch.zeros(2, 3)
-    for mode, norm in [("token-mean", None), ("seq-mean-token-mean", None), ("seq-mean-token-sum-norm", 3.0)]:
+    for mode, norm in [("token-mean", None), ("token-sum", None), ("seq-mean-token-mean", None),
+                       ("seq-mean-token-sum-norm", 3.0)]:
         assert aggregate(LOSS[:2], empty, mode, norm_constant=norm).item() == 0.0
         agg = LossAgg(mode, global_tokens=0.0, global_seqs=0.0, norm_constant=norm)  # as LossNorm may carry
         assert agg.reduce(LOSS[:2], empty).item() == 0.0
@@ -110,3 +112,39 @@ def test_micro_batch_contributions_sum_to_full_batch(mode):
         total = total + part.detach()
     assert total.item() == pytest.approx(full.item(), rel=1e-6)
     assert torch.allclose(acc_x.grad, full_x.grad, atol=1e-7)
+
+
+def test_token_sum_ignores_global_counts_and_splits_exactly():
+    """token-sum has no divisor: each micro-batch's own sum is its share, whatever counts the engine passes."""
+    agg = LossAgg("token-sum", global_tokens=100.0, global_seqs=50.0, norm_constant=None)
+    assert agg.reduce(LOSS, MASK).item() == pytest.approx(10.0)
+    assert agg.reduce(LOSS[:1], MASK[:1]).item() + agg.reduce(LOSS[1:], MASK[1:]).item() == pytest.approx(10.0)
+    x = LOSS.clone().requires_grad_(True)
+    agg.reduce(x, MASK).backward()
+    assert torch.equal(x.grad, MASK.to(torch.float32))  # d sum / d token = 1 on valid tokens, 0 elsewhere
+    with pytest.raises(ValueError, match="norm_constant"):
+        LossAgg("token-sum", None, None, 4.0)
+
+
+def test_loss_norm_constant_overrides_max_new_tokens():
+    from orchestrator.config import ConfigError, compose_config, validate_config
+    from workers.batch import Batch
+    from workers.engines import LossNorm
+    from workers.roles.actor_loss import actor_norm_constant, make_actor_loss
+
+    base = ["actor.loss_agg_mode=seq-mean-token-sum-norm", "rollout.max_new_tokens=8",
+            "actor.policy_loss.name=reinforce", "actor.use_kl_loss=false"]
+    assert actor_norm_constant(validate_config(compose_config(base), check_files=False)) == 8.0
+    cfg = validate_config(compose_config(base + ["actor.loss_norm_constant=2.5"]), check_files=False)
+    assert actor_norm_constant(cfg) == 2.5
+
+    # reinforce: loss_mat = -A * log pi; rows' token sums 6 and 4 (A = -1, log pi = LOSS), / 2.5, mean of 2 seqs
+    loss_fn = make_actor_loss(cfg.actor, norm_constant=actor_norm_constant(cfg))
+    mb = Batch.from_dict({"response_mask": MASK[:2], "old_log_probs": LOSS[:2], "advantages": -torch.ones(2, 3)})
+    loss, _ = loss_fn({"log_probs": LOSS[:2]}, mb, LossNorm(global_tokens=4.0, global_seqs=2.0, dp_size=1))
+    assert loss.item() == pytest.approx((6 / 2.5 + 4 / 2.5) / 2)
+
+    for bad in ("0", "-3"):
+        with pytest.raises(ConfigError) as err:
+            validate_config(compose_config([f"actor.loss_norm_constant={bad}"]), check_files=False)
+        assert err.value.key == "actor.loss_norm_constant"

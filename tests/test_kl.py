@@ -51,6 +51,32 @@ def test_unknown_kind_lists_names():
         kl_penalty(LOGP, REF, "k4")
 
 
+@pytest.mark.parametrize("kind,value", [
+    ("k1+", [0.5, -1.0]),  # the k1 value
+    ("k3+", [0.1065307, 0.7182818]),  # the k3 value: e^-0.5 + 0.5 - 1, e - 2
+])
+def test_straight_through_estimators_have_k_value_and_k2_gradient(kind, value):
+    logp = LOGP.clone().requires_grad_(True)
+    loss, _ = kl_loss(logp, REF, torch.ones(1, 2), kind=kind, agg=TOKEN_MEAN)
+    assert loss.item() == pytest.approx(sum(value) / 2, abs=1e-6)
+    loss.backward()
+    # d k2 / d logp = x = logp - ref = [0.5, -1.0], over 2 tokens; k1's own gradient would be [1, 1] / 2
+    # and k3's (1 - exp(ref - logp)) / 2 = [0.3935, -1.7183] / 2
+    assert torch.allclose(logp.grad, torch.tensor([[0.25, -0.5]]), atol=1e-6)
+
+
+def test_straight_through_kinds_are_loss_only():
+    from orchestrator.config import ConfigError, compose_config, validate_config
+
+    with pytest.raises(ValueError, match="k3"):
+        kl_penalty(LOGP, REF, "k1+")  # as a reward penalty there is no gradient: it would just be k1
+    for kind in ("k1+", "k3+"):
+        validate_config(compose_config([f"actor.kl_loss_type={kind}", "actor.use_kl_loss=true"]), check_files=False)
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_config(["algorithm.kl_penalty=k3+"]), check_files=False)
+    assert err.value.key == "algorithm.kl_penalty"
+
+
 def test_kl_loss_token_mean_ignores_padding():
     logp = torch.tensor([[-1.0, -2.0, 5.0]])
     ref = torch.tensor([[-1.5, -1.0, -5.0]])

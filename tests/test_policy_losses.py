@@ -1,5 +1,6 @@
 """Policy, value and entropy losses against hand-computed values and gradients."""
 
+import itertools
 import math
 
 import pytest
@@ -30,8 +31,8 @@ def _from_ratios(ratios, log_prob):
 
 
 def test_registry_names_and_typo():
-    assert list_policy_losses() == ["cispo", "gspo", "ppo", "reinforce"]
-    with pytest.raises(ValueError, match="cispo, gspo, ppo, reinforce"):
+    assert list_policy_losses() == ["cispo", "clip_cov", "gspo", "kl_cov", "ppo", "reinforce", "sapo"]
+    with pytest.raises(ValueError, match="cispo, clip_cov, gspo, kl_cov, ppo, reinforce, sapo"):
         get_policy_loss_fn("ppo2")
 
 
@@ -173,6 +174,178 @@ def test_reinforce_is_minus_a_logp():
     assert loss.item() == pytest.approx((2.0 - 2.0) / 2)
     assert torch.allclose(lp.grad, torch.tensor([[-1.0, 0.5, 0.0]]))
     assert m["ppo_kl"].item() == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------- sapo
+
+# tokens (A, ratio): (+1, 1) on policy | (+2, 2) tau_pos branch | (-1, 0.5) tau_neg branch | (0, 3) | padding
+SAPO_A = torch.tensor([[1.0, 2.0, -1.0, 0.0, 5.0]])
+SAPO_R = [1.0, 2.0, 0.5, 3.0, 7.0]
+SAPO_MASK = torch.tensor([[1, 1, 1, 1, 0]])
+
+
+def test_sapo_gate_values_and_gradients_both_branches():
+    lp, old = _from_ratios(SAPO_R, [-1.0] * 5)
+    loss, m = get_policy_loss_fn("sapo")(lp, old, SAPO_A, SAPO_MASK, agg=TOKEN_MEAN, tau_pos=1.0, tau_neg=2.0)
+    loss.backward()
+    # loss_mat = -A * (4 / tau) * sigmoid(tau (r - 1)):
+    #   -1 * 4 * 0.5 = -2 | -2 * 4 * sigmoid(1) = -5.8484686 | +1 * 2 * sigmoid(-1) = 0.5378828 | 0
+    assert loss.item() == pytest.approx((-2.0 - 5.8484686 + 0.5378828) / 4, rel=1e-6)
+    assert loss.item() == pytest.approx(-1.8276465, rel=1e-6)
+    # d/dlogp = -A * 4 s (1 - s) * r / 4 tokens: on policy it is the plain PG -A / 4;
+    # tau_pos: -2 * 0.7864477 * 2 / 4; tau_neg: +1 * 0.7864477 * 0.5 / 4; A = 0: nothing
+    expected = torch.tensor([[-1.0 / 4, -3.1457909 / 4, 0.3932239 / 4, 0.0, 0.0]])
+    assert torch.allclose(lp.grad, expected, atol=1e-6)
+    # gate weight 4 s (1 - s): 1 | 0.7864477 | 0.7864477 | A = 0 takes tau_neg = 2: 4 sigmoid(4)(1 - sigmoid(4))
+    assert m["gate_weight"].item() == pytest.approx((1.0 + 0.7864477 + 0.7864477 + 0.0706508) / 4, rel=1e-6)
+    assert m["ppo_kl"].item() == pytest.approx(-(math.log(2.0) + math.log(0.5) + math.log(3.0)) / 4, rel=1e-5)
+
+
+def test_sapo_rejects_non_positive_temperature():
+    lp, old = _from_ratios([1.0], [-1.0])
+    with pytest.raises(ValueError, match="tau_neg"):
+        get_policy_loss_fn("sapo")(lp, old, torch.ones(1, 1), torch.ones(1, 1), agg=TOKEN_MEAN,
+                                   tau_pos=1.0, tau_neg=0.0)
+
+
+# ---------------------------------------------------------------- clip_cov / kl_cov
+
+# 8 valid tokens over rows of lengths 5 and 3; log_prob = -5 + d with mean(d) = 0, mean(A) = 0, so
+# Cov_t = d_t * A_t exactly:
+#   t1 (0,0) d=1    A=+2 cov 2  window          t5 (0,4) d=-0.5 A=-2 cov 1  on the bound: out
+#   t2 (0,1) d=1.5  A=+2 cov 3  window          t6 (1,0) d=-1   A=-2 cov 2  window
+#   t3 (0,2) d=2    A=+2 cov 4  ratio-clipped   t7 (1,1) d=-2   A=-2 cov 4  window
+#   t4 (0,3) d=3    A=+2 cov 6  above ub        t8 (1,2) d=-4   A=-2 cov 8  above ub
+COV_LP = torch.tensor([[-4.0, -3.5, -3.0, -2.0, -5.5], [-6.0, -7.0, -9.0, 100.0, 100.0]])
+COV_A = torch.tensor([[2.0, 2.0, 2.0, 2.0, -2.0], [-2.0, -2.0, -2.0, 7.0, 7.0]])
+COV_MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+WINDOW = [(0, 0), (0, 1), (1, 0), (1, 1)]  # the flat indices 0, 1, 5, 6 in row-major order
+
+
+def _clip_cov(lp_values=COV_LP, adv=COV_A, mask=COV_MASK, ratio=0.25):
+    lp = lp_values.clone().requires_grad_(True)
+    old = lp_values.clone()
+    old[0, 2] -= math.log(1.5)  # t3: ratio 1.5 > 1 + 0.2 with A > 0, so the PPO clip cuts it
+    loss, m = get_policy_loss_fn("clip_cov")(lp, old, adv, mask, agg=TOKEN_MEAN, clip_ratio_low=0.2,
+                                             clip_ratio_high=0.2, clip_cov_ratio=ratio, clip_cov_lb=1.0,
+                                             clip_cov_ub=5.0)
+    loss.backward()
+    return loss, m, lp.grad
+
+
+def test_clip_cov_detaches_exactly_k_window_tokens_and_keeps_the_value():
+    torch.manual_seed(1234)
+    loss, m, grad = _clip_cov()
+    # no detach changes the value: -2 -2 -2.4 -2 +2 +2 +2 +2 over 8 tokens
+    assert loss.item() == pytest.approx(-0.4 / 8, rel=1e-5)
+    # without detaching: -A / 8 everywhere except the clipped t3 (0) and the padding (0)
+    plain = torch.tensor([[-0.25, -0.25, 0.0, -0.25, 0.25], [0.25, 0.25, 0.25, 0.0, 0.0]])
+    lost = [(i, j) for i in range(2) for j in range(5) if plain[i, j] != 0 and grad[i, j] == 0]
+    assert len(lost) == 2  # max(1, int(0.25 * 8))
+    assert set(lost) <= set(WINDOW)
+    for i, j in set(itertools.product(range(2), range(5))) - set(lost):
+        assert grad[i, j].item() == pytest.approx(plain[i, j].item())
+    assert m["clip_cov_frac"].item() == pytest.approx(2 / 8)
+    assert m["clipfrac"].item() == pytest.approx(1 / 8)
+
+
+def test_clip_cov_draws_from_the_global_torch_generator():
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    order = torch.randperm(4)  # what the loss will draw over its 4 window candidates
+    torch.set_rng_state(state)
+    _, _, grad = _clip_cov()
+    expected = {WINDOW[int(i)] for i in order[:2]}
+    assert {(i, j) for i, j in WINDOW if grad[i, j] == 0} == expected
+    # a restored generator state (a resumed checkpoint) draws the same tokens again
+    torch.set_rng_state(state)
+    _, _, again = _clip_cov()
+    assert torch.equal(grad, again)
+
+
+def test_clip_cov_fewer_candidates_than_k_detaches_all_of_them():
+    torch.manual_seed(0)
+    _, m, grad = _clip_cov(ratio=1.0)  # k = 8 but only 4 tokens sit in the window
+    for i, j in WINDOW:
+        assert grad[i, j].item() == 0.0
+    assert grad[0, 3].item() == pytest.approx(-0.25) and grad[1, 2].item() == pytest.approx(0.25)
+    assert grad[0, 4].item() == pytest.approx(0.25)  # cov exactly at the lower bound stays trainable
+    assert m["clip_cov_frac"].item() == pytest.approx(4 / 8)
+
+
+def _kl_cov(ratio, coef=0.5, adv=COV_A):
+    lp = COV_LP.clone().requires_grad_(True)
+    delta = torch.tensor([[0.1, 0.0, 0.0, 0.2, 0.0], [0.0, 0.0, -0.1, 0.0, 0.0]])  # log pi - log pi_old
+    loss, m = get_policy_loss_fn("kl_cov")(lp, COV_LP - delta, adv, COV_MASK, agg=TOKEN_MEAN,
+                                           kl_cov_ratio=ratio, kl_cov_coef=coef)
+    loss.backward()
+    return loss, m, lp.grad
+
+
+def test_kl_cov_penalises_the_top_covariance_tokens():
+    loss, m, grad = _kl_cov(ratio=0.25)  # k = 2: t8 (cov 8) and t4 (cov 6); the ratio clip plays no part
+    # -A r, plus 0.5 |delta| on t4 and t8:
+    #   -2 e^0.1 | -2 | -2 | -2 e^0.2 + 0.1 | 2 | 2 | 2 | 2 e^-0.1 + 0.05
+    terms = [-2.2103418, -2.0, -2.0, -2.3428055, 2.0, 2.0, 2.0, 1.8596748]
+    assert loss.item() == pytest.approx(sum(terms) / 8, rel=1e-6)
+    assert loss.item() == pytest.approx(-0.0866841, rel=1e-5)
+    # d/dlogp: -A r, plus 0.5 sign(delta) where penalised, / 8; t1 has delta != 0 but is not penalised
+    expected = torch.tensor([[-0.2762927, -0.25, -0.25, -0.2428507, 0.25], [0.25, 0.25, 0.1637094, 0.0, 0.0]])
+    assert torch.allclose(grad, expected, atol=1e-6)
+    assert m["kl_cov_frac"].item() == pytest.approx(2 / 8)
+
+
+def test_kl_cov_takes_at_least_one_token():
+    _, m, grad = _kl_cov(ratio=2e-3)  # int(0.016) = 0 -> 1: only t8, the largest covariance
+    assert m["kl_cov_frac"].item() == pytest.approx(1 / 8)
+    assert grad[1, 2].item() == pytest.approx(0.1637094, abs=1e-6)
+    assert grad[0, 3].item() == pytest.approx(-2 * math.exp(0.2) / 8, rel=1e-6)  # t4 no longer penalised
+
+
+@pytest.mark.parametrize("name,params", [
+    ("sapo", {"tau_pos": 1.0, "tau_neg": 1.05}),
+    # lb < 0 puts every Cov_t = 0 token in the window: detaching them must still leave the gradient 0
+    ("clip_cov", {"clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_cov_ratio": 1.0, "clip_cov_lb": -1.0,
+                  "clip_cov_ub": 5.0}),
+    ("kl_cov", {"kl_cov_ratio": 1.0, "kl_cov_coef": 1.0}),
+    ("ppo", {"clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "dual_clip_c": 3.0}),
+])
+def test_equal_reward_groups_give_zero_gradient(name, params):
+    """Groups whose rewards are all equal have A = 0 on every token: nothing to learn, whatever the ratios."""
+    lp = COV_LP.clone().requires_grad_(True)
+    old = COV_LP - torch.tensor([[0.3, -0.2, 0.0, 1.0, -1.0], [0.5, 0.0, -0.4, 9.0, 9.0]])
+    torch.manual_seed(0)
+    loss, m = get_policy_loss_fn(name)(lp, old, torch.zeros(2, 5), COV_MASK, agg=TOKEN_MEAN, **params)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(lp.grad, torch.zeros(2, 5))
+    assert all(torch.isfinite(v).all() for v in m.values())
+    if name == "kl_cov":
+        assert m["kl_cov_frac"].item() == 0.0  # Cov_t = 0 everywhere: no token is eligible for the penalty
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["actor.policy_loss.tau_pos=0"], "actor.policy_loss.tau_pos"),
+    (["actor.policy_loss.clip_cov_ratio=0"], "actor.policy_loss.clip_cov_ratio"),
+    (["actor.policy_loss.kl_cov_ratio=1.5"], "actor.policy_loss.kl_cov_ratio"),
+    (["actor.policy_loss.clip_cov_lb=5", "actor.policy_loss.clip_cov_ub=5"], "actor.policy_loss.clip_cov_lb"),
+    (["actor.policy_loss.kl_cov_coef=-1"], "actor.policy_loss.kl_cov_coef"),
+])
+def test_new_loss_params_are_validated(overrides, key):
+    from orchestrator.config import ConfigError, compose_config, validate_config
+
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_config(overrides), check_files=False)
+    assert err.value.key == key
+
+
+def test_new_algorithms_compose_with_their_loss():
+    from orchestrator.config import compose_config, validate_config
+
+    for algo, agg in (("sapo", "seq-mean-token-mean"), ("clip_cov", "token-mean"), ("kl_cov", "token-mean")):
+        cfg = validate_config(compose_config([f"algorithm={algo}"]), check_files=False)
+        assert (cfg.actor.policy_loss.name, cfg.actor.loss_agg_mode) == (algo, agg)
+        policy_loss_params(algo, dict(cfg.actor.policy_loss))  # every bound key is present
 
 
 # ---------------------------------------------------------------- value

@@ -19,6 +19,7 @@ from workers.losses.masked import masked_sum
 
 AGG_MODES: tuple[str, ...] = (
     "token-mean",  # sum over all valid tokens / #tokens (DAPO's token-level loss, Yu et al. 2025)
+    "token-sum",  # plain sum over all valid tokens, no normaliser (scale grows with batch and length)
     "seq-mean-token-sum",  # mean over sequences of the per-sequence token sum
     "seq-mean-token-mean",  # mean over sequences of the per-sequence token mean (GRPO, Shao et al. 2024)
     "seq-mean-token-sum-norm",  # Dr.GRPO (Liu et al. 2025): token sum / constant, mean over sequences
@@ -70,6 +71,10 @@ class LossAgg:
     def reduce(self, loss_mat: Tensor, mask: Tensor) -> Tensor:
         """Scalar loss of loss_mat [B, R] over mask [B, R] (a contribution if global counts are set)."""
         m = mask.to(loss_mat.dtype)
+        if self.mode == "token-sum":
+            # No divisor at all, so no count to make global: a micro-batch's own sum is its exact share, and
+            # the shares of any split (micro-batches, DP ranks) add up to the mini-batch sum.
+            return masked_sum(loss_mat, mask)
         if self.mode == "token-mean":
             # local counts stay tensors (no device sync); global ones are python floats
             n_tok = m.sum().clamp(min=1.0) if self.global_tokens is None else max(self.global_tokens, 1.0)

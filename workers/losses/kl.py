@@ -5,6 +5,15 @@ Schulman, "Approximating KL Divergence" (2020): with x = log pi(a) - log pi_ref(
     k2 = 0.5 * x^2            biased, low variance ("mse")
     k3 = exp(-x) + x - 1      unbiased, low variance, always >= 0 ("low_var_kl")
 Used both as a reward penalty (driver, orchestrator/kl_control.py) and as a loss (worker).
+
+As a loss only (KL_LOSS_ESTIMATORS), "k1+" and "k3+": the value of k1 / k3 with the gradient of k2
+(straight-through: k2 + sg(k - k2)). Why: what a KL loss should contribute is grad KL(pi || ref). With
+a ~ pi (on-policy samples) grad KL = E[x * grad log pi(a)], and grad k2 = x * grad log pi is exactly that
+per-sample term, so k2's gradient is unbiased although its value is a biased estimate. k1 used as a loss
+gives E[grad log pi] = 0 in expectation (no pull toward the reference at all) and k3 gives
+E[(1 - pi_ref/pi) grad log pi], the gradient of KL(ref || pi), the other direction. The "+" variants
+keep the unbiased k1/k3 value for logging and the correct gradient for the update (exact for samples of
+the current policy, i.e. the first PPO epoch; later epochs reuse older samples, as every loss here does).
 """
 
 from __future__ import annotations
@@ -39,6 +48,16 @@ def _abs(log_prob: Tensor, ref_log_prob: Tensor) -> Tensor:
     return (log_prob - ref_log_prob).abs()
 
 
+def _k2_gradient(value: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """Estimator with the forward value of `value` and the gradient of k2 (see module docstring)."""
+
+    def fn(log_prob: Tensor, ref_log_prob: Tensor) -> Tensor:
+        k2 = _k2(log_prob, ref_log_prob)
+        return k2 + (value(log_prob, ref_log_prob) - k2).detach()
+
+    return fn
+
+
 KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "k1": _k1,
     "k2": _k2,
@@ -48,15 +67,26 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "abs": _abs,
 }
 
+# actor.kl_loss_type: the estimators plus the straight-through ones, which only mean something under a
+# gradient (as a reward penalty, algorithm.kl_penalty, they would be k1 / k3 under another name).
+KL_LOSS_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    **KL_ESTIMATORS,
+    "k1+": _k2_gradient(_k1),
+    "k3+": _k2_gradient(_k3),
+}
+
+
+def _lookup(kind: str, table: dict[str, Callable[[Tensor, Tensor], Tensor]]) -> Callable[[Tensor, Tensor], Tensor]:
+    try:
+        return table[kind]
+    except KeyError:
+        known = ", ".join(sorted(table))
+        raise ValueError(f"unknown KL estimator {kind!r}; known: {known}") from None
+
 
 def kl_penalty(log_prob: Tensor, ref_log_prob: Tensor, kind: str) -> Tensor:
-    """Per-token KL estimate [B, R] of the named kind (see module docstring)."""
-    try:
-        fn = KL_ESTIMATORS[kind]
-    except KeyError:
-        known = ", ".join(sorted(KL_ESTIMATORS))
-        raise ValueError(f"unknown KL estimator {kind!r}; known: {known}") from None
-    return fn(log_prob, ref_log_prob)
+    """Per-token KL estimate [B, R] of the named kind (see module docstring); KL_ESTIMATORS only."""
+    return _lookup(kind, KL_ESTIMATORS)(log_prob, ref_log_prob)
 
 
 def kl_loss(
@@ -67,6 +97,9 @@ def kl_loss(
     kind: str,
     agg: LossAgg,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """KL to the reference policy as a loss term, not a reward penalty (GRPO, Shao et al. 2024: k3)."""
-    loss = agg.reduce(kl_penalty(log_prob, ref_log_prob, kind), response_mask)
+    """KL to the reference policy as a loss term, not a reward penalty (GRPO, Shao et al. 2024: k3).
+
+    kind: any of KL_LOSS_ESTIMATORS, including the straight-through "k1+" / "k3+".
+    """
+    loss = agg.reduce(_lookup(kind, KL_LOSS_ESTIMATORS)(log_prob, ref_log_prob), response_mask)
     return loss, {"kl_loss": loss.detach()}

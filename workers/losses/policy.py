@@ -38,6 +38,16 @@ def _check_clip(clip_ratio_low: float | None, clip_ratio_high: float) -> None:
         raise ValueError(f"clip_ratio_high must be >= 0, got {clip_ratio_high}")
 
 
+def clipped_surrogate(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_ratio_low: float,
+                      clip_ratio_high: float) -> tuple[Tensor, Tensor, Tensor]:
+    """PPO's per-token max(-A r, -A clip(r, 1-low, 1+high)), where the clip is active, and log r."""
+    log_ratio = _log_ratio(log_prob, old_log_prob)
+    ratio = torch.exp(log_ratio)
+    surr = -advantages * ratio
+    surr_clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    return torch.maximum(surr, surr_clipped), surr_clipped > surr, log_ratio
+
+
 @register_policy_loss("ppo", params={"clip_ratio_low": "clip_ratio_low", "clip_ratio_high": "clip_ratio_high",
                                       "dual_clip_c": "dual_clip_c"})
 def ppo_loss(
@@ -58,12 +68,9 @@ def ppo_loss(
     _check_clip(clip_ratio_low, clip_ratio_high)
     if dual_clip_c is not None and dual_clip_c <= 1.0:
         raise ValueError(f"dual_clip_c (dual clip) must be > 1, got {dual_clip_c}")
-    log_ratio = _log_ratio(log_prob, old_log_prob)
-    ratio = torch.exp(log_ratio)
-    surr = -advantages * ratio
-    surr_clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
-    loss_mat = torch.maximum(surr, surr_clipped)
-    clipfrac = _frac(surr_clipped > surr, response_mask)
+    loss_mat, clipped, log_ratio = clipped_surrogate(log_prob, old_log_prob, advantages, clip_ratio_low,
+                                                     clip_ratio_high)
+    clipfrac = _frac(clipped, response_mask)
     if dual_clip_c is not None:
         negative = advantages < 0
         dual = -advantages * dual_clip_c

@@ -17,6 +17,12 @@ from workers.losses.kl import kl_loss
 from workers.losses.registry import get_policy_loss_fn, policy_loss_params
 
 
+def actor_norm_constant(cfg: DictConfig) -> float:
+    """Divisor of "seq-mean-token-sum-norm": actor.loss_norm_constant, or rollout.max_new_tokens when null."""
+    constant = cfg.actor.loss_norm_constant
+    return float(cfg.rollout.max_new_tokens if constant is None else constant)
+
+
 def make_actor_loss(actor_cfg: DictConfig, *, norm_constant: float) -> LossFn:
     policy_fn = get_policy_loss_fn(actor_cfg.policy_loss.name)
     params = policy_loss_params(actor_cfg.policy_loss.name, dict(actor_cfg.policy_loss))

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from workers.batch import Batch
 from workers.roles.checkpoint_view import checkpoint_view
-from workers.roles.actor_loss import make_actor_loss
+from workers.roles.actor_loss import actor_norm_constant, make_actor_loss
 from workers.roles.engine_specs import actor_optimizer_steps, optim_spec, role_engine
 from workers.roles.mini_batches import mean_history, mini_batches
 from workers.roles.placement import LocalRollout, RemoteRollout, RolloutPlacement
@@ -38,7 +38,7 @@ class ActorRolloutWorker(Worker):
             self.placement: RolloutPlacement = LocalRollout(self.engine, rollout, cfg, ctx.device)
         else:
             self.placement = RemoteRollout(self.engine, cfg, ctx.device, ctx.rank)
-        self.loss_fn = make_actor_loss(cfg.actor, norm_constant=float(cfg.rollout.max_new_tokens))
+        self.loss_fn = make_actor_loss(cfg.actor, norm_constant=actor_norm_constant(cfg))
         # one stream per data-parallel group: the TP/PP ranks of a group must cut the same mini-batches
         self.shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + self.engine.mesh.dp_rank)
 
