@@ -42,14 +42,16 @@ def _outcome(scores, lengths, index, r=3):
 
 def test_registry_names_flags_and_typo():
     assert list_advantages() == [
-        "gae", "grpo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax", "rloo",
+        "gae", "gpg", "grpo", "grpo_passk", "opd", "opo", "reinforce_plus_plus", "reinforce_plus_plus_baseline",
+        "remax", "rloo",
     ]
     critic = {n for n in list_advantages() if get_advantage_estimator(n).needs_critic}
     greedy = {n for n in list_advantages() if get_advantage_estimator(n).needs_baseline_rollout}
     groups = {n for n in list_advantages() if get_advantage_estimator(n).uses_groups}
-    assert critic == {"gae"} and greedy == {"remax"}
-    assert groups == {"grpo", "rloo", "reinforce_plus_plus_baseline"}
-    with pytest.raises(ValueError, match="grpo, reinforce_plus_plus"):
+    on_policy = {n for n in list_advantages() if get_advantage_estimator(n).on_policy_only}
+    assert critic == {"gae"} and greedy == {"remax"} and on_policy == {"opo"}
+    assert groups == {"grpo", "rloo", "reinforce_plus_plus_baseline", "gpg", "opo", "grpo_passk"}
+    with pytest.raises(ValueError, match="grpo, grpo_passk, opd"):
         get_advantage_fn("gpro")
 
 
@@ -59,6 +61,9 @@ def test_params_are_picked_from_one_config_section():
     assert advantage_params("gae", section) == gae
     assert advantage_params("grpo", section) == {"norm_adv_by_std": True, "eps": 1e-8}
     assert advantage_params("rloo", section) == {}
+    assert advantage_params("gpg", section) == {"norm_adv_by_std": True, "eps": 1e-8}
+    assert advantage_params("opo", section) == {}
+    assert advantage_params("grpo_passk", {**section, "passk_k": 4}) == {"k": 4}
     with pytest.raises(ValueError, match="eps"):
         advantage_params("reinforce_plus_plus", {"gamma": 1.0})
 
@@ -182,6 +187,165 @@ def test_remax_greedy_baseline():
         get_advantage_fn("remax")(_inputs([[1.0]], [[1]]))
 
 
+# ---------------------------------------------------------------- gpg
+
+# a: [1, 0, 0, 0] (mean 0.25, unbiased std 0.5); b: [1, 1] equal; c: a group of one; d: [0, 1, 1]
+# (mean 2/3, unbiased std sqrt(1/3)). Zero-gradient samples: b's 2 and c's 1, so B = 10, M = 3,
+# alpha = 10 / 7.
+GPG_INDEX = ["a", "b", "d", "a", "c", "a", "d", "b", "a", "d"]
+GPG_SCORES = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+GPG_LENGTHS = [4, 2, 3, 1, 4, 2, 3, 1, 4, 2]
+
+
+def test_gpg_alpha_and_std_normalisation():
+    data, mask = _outcome(GPG_SCORES, GPG_LENGTHS, GPG_INDEX, r=4)
+    adv, ret = get_advantage_fn("gpg")(data, norm_adv_by_std=True, eps=EPS)
+    # a: 10/7 * [0.75, -0.25] / 0.5 = [15/7, -5/7]; d: 10/7 * [-2/3, 1/3] * sqrt(3) = [-20, 10] / (7 sqrt 3)
+    s3 = math.sqrt(3.0)
+    rows = [15 / 7, 0.0, -20 / (7 * s3), -5 / 7, 0.0, -5 / 7, 10 / (7 * s3), 0.0, -5 / 7, 10 / (7 * s3)]
+    assert torch.allclose(adv, torch.tensor(rows).unsqueeze(-1) * mask, atol=1e-5)
+    assert torch.equal(adv, ret)
+
+    # F_norm = 1: a: 10/7 * [0.75, -0.25] = [15/14, -5/14]; d: 10/7 * [-2/3, 1/3] = [-20/21, 10/21]
+    flat, _ = get_advantage_fn("gpg")(data, norm_adv_by_std=False, eps=EPS)
+    rows = [15 / 14, 0.0, -20 / 21, -5 / 14, 0.0, -5 / 14, 10 / 21, 0.0, -5 / 14, 10 / 21]
+    assert torch.allclose(flat, torch.tensor(rows).unsqueeze(-1) * mask, atol=1e-6)
+
+
+def test_gpg_without_zero_gradient_groups_is_grpo():
+    # alpha = B / (B - 0) = 1: the same numbers as GRPO (groups a and d of the batch above)
+    keep = [i for i, u in enumerate(GPG_INDEX) if u in ("a", "d")]
+    data, _ = _outcome([GPG_SCORES[i] for i in keep], [GPG_LENGTHS[i] for i in keep],
+                       [GPG_INDEX[i] for i in keep], r=4)
+    gpg, _ = get_advantage_fn("gpg")(data, norm_adv_by_std=True, eps=EPS)
+    grpo, _ = get_advantage_fn("grpo")(data, norm_adv_by_std=True, eps=EPS)
+    assert torch.allclose(gpg, grpo, atol=1e-6)
+
+
+def test_gpg_equal_scores_are_exactly_zero():
+    # 0.1 three times: the float mean may miss 0.1 by an ulp; the group still counts as equal (A = 0, into M)
+    data, mask = _outcome([0.1, 0.1, 0.1, 1.0, 0.0], [3, 2, 1, 2, 3], ["a", "a", "a", "b", "b"])
+    adv, _ = get_advantage_fn("gpg")(data, norm_adv_by_std=True, eps=EPS)
+    # B = 5, M = 3, alpha = 5/2; b: [0.5, -0.5] / sqrt(0.5) * 5/2 = +-5 / (2 sqrt 2)
+    a = 5 / (2 * math.sqrt(2.0))
+    assert torch.equal(adv[:3], torch.zeros_like(adv[:3]))
+    assert torch.allclose(adv[3:], torch.tensor([[a, a, 0.0], [-a, -a, -a]]), atol=1e-5)
+
+
+# ---------------------------------------------------------------- opo
+
+# a: scores [1, 0, 0, 1], lengths [1, 4, 2, 3]: b = (1*1 + 3*1) / 10 = 0.4 (the plain mean would be 0.5)
+# b: scores [2, 0.5], lengths [3, 1]: b = (6 + 0.5) / 4 = 1.625; plus an empty response (no token to hold
+#    its score 9, so its score is 0 and its weight 0: the baseline is unchanged)
+# c: equal scores [0.3, 0.3], lengths [2, 4]; d: a group of one
+OPO_INDEX = ["a", "b", "a", "c", "d", "a", "b", "c", "a", "b"]
+OPO_SCORES = [1.0, 2.0, 0.0, 0.3, 0.7, 0.0, 0.5, 0.3, 1.0, 9.0]
+OPO_LENGTHS = [1, 3, 4, 2, 2, 2, 1, 4, 3, 0]
+
+
+def test_opo_length_weighted_baseline():
+    data, mask = _outcome(OPO_SCORES, OPO_LENGTHS, OPO_INDEX, r=4)
+    adv, ret = get_advantage_fn("opo")(data)
+    rows = [0.6, 0.375, -0.4, 0.0, 0.0, -0.4, -1.125, 0.0, 0.6, 0.0]
+    assert torch.allclose(adv, torch.tensor(rows).unsqueeze(-1) * mask, atol=1e-6)
+    assert torch.equal(adv, ret) and torch.isfinite(adv).all()
+    # equal lengths: the length-weighted baseline is the group mean (Dr.GRPO's advantage)
+    data, mask = _outcome([1.0, 0.0, 0.0, 1.0], [2, 2, 2, 2], ["a"] * 4, r=4)
+    adv, _ = get_advantage_fn("opo")(data)
+    dr, _ = get_advantage_fn("grpo")(data, norm_adv_by_std=False, eps=EPS)
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, -0.5, 0.5]).unsqueeze(-1) * mask, atol=1e-6)
+    assert torch.allclose(adv, dr, atol=1e-6)
+
+
+def test_opo_config_is_strictly_on_policy():
+    from orchestrator.config import ConfigError, compose_config, validate_config
+
+    cfg = validate_config(compose_config(["algorithm=opo"]), check_files=False)
+    assert cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
+    assert not cfg.actor.use_kl_loss and not cfg.algorithm.use_kl_in_reward and cfg.actor.entropy_coeff == 0.0
+    for overrides, key in ((["actor.ppo_epochs=2"], "actor.ppo_epochs"),
+                           (["actor.ppo_mini_batch_size=16"], "actor.ppo_mini_batch_size")):
+        with pytest.raises(ConfigError) as err:
+            validate_config(compose_config(["algorithm=opo", *overrides]), check_files=False)
+        assert err.value.key == key and "on-policy" in str(err.value)
+    # the same overrides are fine for an estimator that is not on_policy_only
+    validate_config(compose_config(["algorithm=grpo", "actor.ppo_epochs=2"]), check_files=False)
+
+
+# ---------------------------------------------------------------- grpo_passk
+
+# a: N=4, 3 wrong. k=2: Rbar = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5, sigma = 0.5,
+#    A_pos = 0.5/0.5 = 1, A_neg = (0.5 - C(2,1)/C(3,1)) / 0.5 = (0.5 - 2/3) / 0.5 = -1/3
+# b: N=3, 1 wrong. k=2: C(1,2) = 0, every pair holds a correct sample: Rbar = 1, sigma = 0 -> A = 0
+# c: N=5, 3 wrong. k=2: Rbar = 1 - C(3,2)/C(5,2) = 1 - 3/10 = 0.7, sigma = sqrt(0.21) = 0.4582576,
+#    A_pos = 0.3/sigma = 0.6546537, A_neg = (0.3 - C(2,1)/C(4,1)) / sigma = -0.2/sigma = -0.4364358
+# e: N=2, all wrong: Rbar = 0, sigma = 0 -> A = 0
+PK_INDEX = ["a", "b", "c", "a", "e", "c", "b", "a", "c", "e", "c", "b", "a", "c"]
+PK_SCORES = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+PK_LENGTHS = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2]
+
+
+def test_grpo_passk_analytic_advantages():
+    data, mask = _outcome(PK_SCORES, PK_LENGTHS, PK_INDEX, r=4)
+    adv, ret = get_advantage_fn("grpo_passk")(data, k=2)
+    p, n = 0.6546537, -0.4364358
+    rows = [1.0, 0.0, p, -1 / 3, 0.0, n, 0.0, -1 / 3, p, 0.0, n, 0.0, -1 / 3, n]
+    assert torch.allclose(adv, torch.tensor(rows).unsqueeze(-1) * mask, atol=1e-6)
+    assert torch.equal(adv, ret)
+    # k = N for group a: a 4-subset always holds its correct sample -> no signal; groups smaller than k fail
+    data4, _ = _outcome([1.0, 0.0, 0.0, 0.0], [1, 2, 3, 4], ["a"] * 4, r=4)
+    adv4, _ = get_advantage_fn("grpo_passk")(data4, k=4)
+    assert torch.equal(adv4, torch.zeros_like(adv4))
+    with pytest.raises(ValueError, match=r"k=5 exceeds the 4 samples of prompt uid 'a'"):
+        get_advantage_fn("grpo_passk")(data4, k=5)
+
+
+def test_grpo_passk_with_k1_is_grpo_with_the_population_std():
+    # k=1: Rbar = p (success rate), sigma = sqrt(p(1-p)), A_pos = (1-p)/sigma, A_neg = -p/sigma
+    # a: p = 1/4 -> sqrt(3), -1/sqrt(3); b: p = 2/3 -> 1/sqrt(2), -sqrt(2); c: p = 2/5 -> 1.2247449, -0.8164966
+    data, mask = _outcome(PK_SCORES, PK_LENGTHS, PK_INDEX, r=4)
+    adv, _ = get_advantage_fn("grpo_passk")(data, k=1)
+    s3, s2 = math.sqrt(3.0), math.sqrt(2.0)
+    ap, an, bp, bn, cp, cn = s3, -1 / s3, 1 / s2, -s2, 1.2247449, -0.8164966
+    rows = [ap, bn, cp, an, 0.0, cn, bp, an, cp, 0.0, cn, bp, an, cn]
+    assert torch.allclose(adv, torch.tensor(rows).unsqueeze(-1) * mask, atol=1e-6)
+    # GRPO divides by the unbiased std, sqrt(n/(n-1)) times the population one: a n=4, b n=3, c n=5
+    grpo, _ = get_advantage_fn("grpo")(data, norm_adv_by_std=True, eps=EPS)  # eps keeps group e at 0/eps = 0
+    size = {"a": 4, "b": 3, "c": 5, "e": 2}
+    factor = torch.tensor([math.sqrt(size[u] / (size[u] - 1)) for u in PK_INDEX]).unsqueeze(-1)
+    assert torch.allclose(adv, grpo * factor, atol=1e-5)
+
+
+def test_grpo_passk_rejects_non_binary_scores():
+    data, _ = _outcome([1.0, 0.0, 0.5, 1.0], [1, 2, 3, 1], ["a", "a", "b", "b"])
+    with pytest.raises(ValueError, match=r"0/1 rewards, but row 2 \(uid 'b'\) scored 0.5"):
+        get_advantage_fn("grpo_passk")(data, k=1)
+
+
+def test_grpo_passk_config_checks_k():
+    from orchestrator.config import ConfigError, compose_config, validate_config
+
+    cfg = validate_config(compose_config(["algorithm=grpo_passk"]), check_files=False)
+    assert advantage_params("grpo_passk", dict(cfg.algorithm)) == {"k": 4}
+    for overrides, key in ((["algorithm.passk_k=9"], "algorithm.passk_k"),  # rollout.n = 8
+                           (["algorithm.passk_k=0"], "algorithm.passk_k"),
+                           (["algorithm.use_kl_in_reward=true"], "algorithm.use_kl_in_reward")):
+        with pytest.raises(ConfigError) as err:
+            validate_config(compose_config(["algorithm=grpo_passk", *overrides]), check_files=False)
+        assert err.value.key == key
+    # passk_k is only checked for the estimator that reads it
+    validate_config(compose_config(["algorithm=grpo", "algorithm.passk_k=9"]), check_files=False)
+
+
+def test_gpg_config_is_plain_policy_gradient():
+    from orchestrator.config import compose_config, validate_config
+
+    cfg = validate_config(compose_config(["algorithm=gpg"]), check_files=False)
+    assert cfg.algorithm.adv_estimator == "gpg" and cfg.actor.policy_loss.name == "reinforce"
+    assert cfg.actor.loss_agg_mode == "token-mean" and not cfg.actor.use_kl_loss
+    assert not cfg.algorithm.use_kl_in_reward and not get_advantage_estimator("gpg").needs_critic
+
+
 # ---------------------------------------------------------------- degenerate batches
 
 PARAMS = {
@@ -191,6 +355,9 @@ PARAMS = {
     "reinforce_plus_plus": {"gamma": 1.0, "eps": EPS},
     "reinforce_plus_plus_baseline": {"eps": EPS},
     "remax": {},
+    "gpg": {"norm_adv_by_std": True, "eps": EPS},
+    "opo": {},
+    "grpo_passk": {"k": 1},
 }
 
 
@@ -202,7 +369,7 @@ def test_degenerate_batches_are_finite_and_zero(name, case):
     elif case == "all_equal":
         scores, lengths, index = [1.0] * 4, [3, 1, 2, 3], ["a", "a", "b", "b"]
     else:
-        scores, lengths, index = [0.0, 1.0, 5.0], [3, 1, 2], ["a", "b", "c"]
+        scores, lengths, index = [0.0, 1.0, 1.0], [3, 1, 2], ["a", "b", "c"]  # 0/1: grpo_passk takes them too
     data, mask = _outcome(scores, lengths, index)
     # gae with V = the return, remax with baseline = the score: zero advantage by construction
     values = torch.tensor(scores).unsqueeze(-1) * mask.float()
