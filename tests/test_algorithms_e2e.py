@@ -17,8 +17,8 @@ from orchestrator.trainer.roles import needs_critic, needs_ref, needs_teacher
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-ALGORITHMS = ["cispo", "dapo", "drgrpo", "grpo", "gspo", "opd", "ppo", "reinforce_pp", "reinforce_pp_baseline",
-              "remax", "rloo"]
+ALGORITHMS = ["cispo", "clip_cov", "dapo", "drgrpo", "gpg", "grpo", "grpo_passk", "gspo", "kl_cov", "opd", "opo", "ppo",
+              "reinforce_pp", "reinforce_pp_baseline", "remax", "rloo", "sapo"]
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +35,33 @@ def teacher(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def warm_start(tmp_path_factory):
+    """The shipped warm start, installed as `make run` installs it."""
+    from orchestrator import warm_start as shipped
+
+    cfg = compose_config([f"trainer.cache_dir={tmp_path_factory.mktemp('algorithms') / 'cache'}"])
+    assert shipped.install_shipped(cfg)
+    return cfg.model.path
+
+
 def test_every_algorithm_yaml_is_covered():
     assert sorted(list_groups()["algorithm"]) == ALGORITHMS
 
 
 # Dynamic sampling refills a step with further rollout rounds whose prompt/response widths differ (1- and
 # 2-digit operands): the dapo case also checks that rounds of different widths join into one batch.
-CASES = [pytest.param(a, [], id=a) for a in ALGORITHMS]
+# fast_overrides' 2 samples and 2 mini-batches per step: pass@k needs k <= rollout.n, OPO one update per batch.
+# pass@k needs 0/1 rewards, which a random model never earns: it starts from the shipped warm start ({warm_start}).
+EXTRA = {"grpo_passk": ["algorithm.passk_k=2", "rollout.n=4", "data.train_batch_size=8", "actor.ppo_mini_batch_size=4",
+                        "rollout.max_new_tokens=6", "reward.rule_fn=final_answer", "model.path={warm_start}"],
+         "opo": ["actor.ppo_mini_batch_size=4"]}
+CASES = [pytest.param(a, EXTRA.get(a, []), id=a) for a in ALGORITHMS]
 
 
 @pytest.mark.parametrize("algorithm,extra", CASES)
-def test_algorithm_trains_two_steps(ray_cluster, model, teacher, tmp_path, algorithm, extra):
+def test_algorithm_trains_two_steps(ray_cluster, model, teacher, warm_start, tmp_path, algorithm, extra):
+    extra = [e.format(warm_start=warm_start) for e in extra]
     overrides = [f"algorithm={algorithm}", *fast_overrides(model, tmp_path, steps=2), *extra, f"teacher.path={teacher}"]
     cfg = validate_config(compose_config(overrides), check_files=True)
     summary = train(cfg)
@@ -71,6 +87,6 @@ def test_algorithm_trains_two_steps(ray_cluster, model, teacher, tmp_path, algor
 
     ckpt = tmp_path / "run" / "checkpoints" / "step_2"
     assert (ckpt / "critic" / "model.safetensors").is_file() == needs_critic(cfg)
-    before = AutoModelForCausalLM.from_pretrained(model).state_dict()
+    before = AutoModelForCausalLM.from_pretrained(cfg.model.path).state_dict()
     after = AutoModelForCausalLM.from_pretrained(ckpt / "actor").state_dict()
     assert max((after[k] - before[k]).abs().max().item() for k in before) > 0  # the policy moved

@@ -30,7 +30,7 @@ BAD = [
     (["rollout.top_p=1.5"], "rollout.top_p", "must be in (0, 1]"),
     (["actor.policy_loss.name=trpo"], "actor.policy_loss.name", "'trpo' is not one of"),
     (["algorithm.adv_estimator=vtrace"], "algorithm.adv_estimator", "'vtrace' is not one of"),
-    (["actor.loss_agg_mode=token-sum"], "actor.loss_agg_mode", "'token-sum' is not one of"),
+    (["actor.loss_agg_mode=token_sum"], "actor.loss_agg_mode", "'token_sum' is not one of"),
     (["trainer.loggers=[jsonl,wandb]"], "trainer.loggers[1]", "'wandb' is not one of"),
     (["reward.rule_fn=exactly"], "reward.rule_fn", "'exactly' is not one of"),
     (["trainer.total_steps=0"], "trainer.total_steps", "must be > 0"),
@@ -90,7 +90,7 @@ def test_cli_prints_composed_config_and_lists_groups():
     assert res.returncode == 0, res.stderr
     assert "adv_estimator: grpo" in res.stdout and "use_kl_loss: true" in res.stdout
     res = _baton("train", "--help")
-    assert "algorithm: cispo, dapo, drgrpo, grpo" in res.stdout and "rollout: builtin, vllm" in res.stdout
+    assert "algorithm: cispo, clip_cov, dapo, drgrpo, gpg, grpo, grpo_passk, gspo, kl_cov, opd, opo, ppo" in res.stdout and "rollout: builtin, vllm" in res.stdout
 
 
 def test_gpu_profile_prints_without_a_model_path_and_ignores_nothing():

@@ -4,6 +4,7 @@ All run on the driver before Ray starts, and each failure names the full key pat
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -125,7 +126,7 @@ def _learning_rates(cfg: DictConfig) -> None:
 @check
 def _token_budgets(cfg: DictConfig) -> None:
     """max_tokens_per_micro_batch: positive or null; a Megatron policy runs fixed row micro-batches."""
-    keys = ("actor", "ref", "critic", "reward.reward_model")
+    keys = ("actor", "ref", "teacher", "critic", "reward.reward_model")  # the teacher always runs on FSDP2
     for key in keys:
         budget = OmegaConf.select(cfg, f"{key}.max_tokens_per_micro_batch")
         if budget is not None and (not isinstance(budget, int) or budget < 1):
@@ -269,11 +270,32 @@ def _registries(cfg: DictConfig) -> None:
     _one_of("actor.policy_loss.name", cfg.actor.policy_loss.name, losses.list_policy_losses())
     _one_of("actor.loss_agg_mode", cfg.actor.loss_agg_mode, aggregation.AGG_MODES)
     _one_of("critic.loss_agg_mode", cfg.critic.loss_agg_mode, aggregation.AGG_MODES)
-    _one_of("actor.kl_loss_type", cfg.actor.kl_loss_type, kl.KL_ESTIMATORS)
+    _one_of("actor.kl_loss_type", cfg.actor.kl_loss_type, kl.KL_LOSS_ESTIMATORS)
     _one_of("algorithm.kl_penalty", cfg.algorithm.kl_penalty, kl.KL_ESTIMATORS)
     _one_of("reward.rule_fn", cfg.reward.rule_fn, rewards.list_rewards())
     _one_of("reward.accuracy_fn", cfg.reward.accuracy_fn, rewards.list_rewards())
     _one_of("task.name", cfg.task.name, tasks.list_tasks())
+
+
+@check
+def _actor_loss_params(cfg: DictConfig) -> None:
+    """Hyperparameters of the sapo / clip_cov / kl_cov losses, and the Dr.GRPO divisor (workers/losses)."""
+    constant = cfg.actor.loss_norm_constant
+    if constant is not None and not (math.isfinite(constant) and constant > 0):
+        raise ConfigError("actor.loss_norm_constant", f"must be a finite number > 0, or null for "
+                          f"rollout.max_new_tokens, got {constant}")
+    p, key = cfg.actor.policy_loss, "actor.policy_loss"
+    for name in ("tau_pos", "tau_neg"):
+        if not p[name] > 0:
+            raise ConfigError(f"{key}.{name}", f"must be > 0 (the sapo gate's temperature), got {p[name]}")
+    for name in ("clip_cov_ratio", "kl_cov_ratio"):
+        if not 0 < p[name] <= 1:
+            raise ConfigError(f"{key}.{name}", f"must be in (0, 1] (a fraction of the valid tokens), got {p[name]}")
+    if not p.clip_cov_lb < p.clip_cov_ub:
+        raise ConfigError(f"{key}.clip_cov_lb", f"must be < clip_cov_ub: the covariance window "
+                          f"[{p.clip_cov_lb}, {p.clip_cov_ub}] is empty")
+    if not p.kl_cov_coef >= 0:
+        raise ConfigError(f"{key}.kl_cov_coef", f"must be >= 0, got {p.kl_cov_coef}")
 
 
 @check
@@ -287,6 +309,9 @@ def _roles_the_algorithm_needs(cfg: DictConfig) -> None:
     if entry.uses_groups and cfg.rollout.n < 2:
         raise ConfigError("rollout.n", f"adv_estimator={cfg.algorithm.adv_estimator} compares samples of the "
                           f"same prompt: needs rollout.n >= 2, got {cfg.rollout.n}")
+    if entry.needs_teacher and not cfg.teacher.path:
+        raise ConfigError("teacher.path", f"adv_estimator={cfg.algorithm.adv_estimator} distils from a teacher: set "
+                          "teacher.path to a model dir or a Baton checkpoint (e.g. outputs/<run>/checkpoints/latest)")
     rm = cfg.reward.reward_model
     if rm.enable and not rm.path:
         raise ConfigError("reward.reward_model.path", "reward_model.enable is true but no model path is set")
@@ -300,7 +325,7 @@ def _roles_the_algorithm_needs(cfg: DictConfig) -> None:
 @check
 def _critic_and_reward_model_sizes(cfg: DictConfig) -> None:
     _positive(cfg, "critic.ppo_epochs", "critic.micro_batch_size", "critic.cliprange_value",
-              "reward.reward_model.micro_batch_size")
+              "reward.reward_model.micro_batch_size", "teacher.log_prob_micro_batch_size")
 
 
 @check
@@ -322,6 +347,11 @@ def check_model_paths(cfg: DictConfig) -> None:
     if cfg.critic.model_path and _needs_critic(cfg):
         check_model_dir("critic.model_path", cfg.critic.model_path, hint, need_tokenizer=False)
         _same_vocab("critic.model_path", cfg.critic.model_path, cfg.model.path)
+    if _needs_teacher(cfg):
+        check_model_dir("teacher.path", cfg.teacher.path, "point it at a model dir or a Baton checkpoint",
+                        need_tokenizer=False)
+        _same_vocab("teacher.path", cfg.teacher.path, cfg.model.path)
+        _same_tokenizer("teacher.path", cfg.teacher.path, cfg.model.path)
     if cfg.reward.reward_model.enable:
         check_model_dir("reward.reward_model.path", cfg.reward.reward_model.path, "train one with `baton rm`",
                         need_tokenizer=False)
@@ -338,6 +368,12 @@ def check_model_paths(cfg: DictConfig) -> None:
                           f"exceeds the model's max_position_embeddings={max_pos}")
 
 
+def _needs_teacher(cfg: DictConfig) -> bool:
+    from orchestrator.advantages import registry as adv
+
+    return adv.get_advantage_estimator(cfg.algorithm.adv_estimator).needs_teacher
+
+
 def _needs_critic(cfg: DictConfig) -> bool:
     from orchestrator.advantages import registry as adv
 
@@ -350,6 +386,14 @@ def _same_vocab(key: str, path: str, policy_path: str) -> None:
     if mine != policy:
         raise ConfigError(key, f"'{path}' has vocab_size={mine} but the policy model.path has {policy}; "
                           "it must share the policy's tokenizer")
+
+
+def _same_tokenizer(key: str, path: str, policy_path: str) -> None:
+    """A teacher scores the student's token ids: equal vocab sizes are not enough if the ids mean other words."""
+    mine, policy = Path(path) / "tokenizer.json", Path(policy_path) / "tokenizer.json"
+    if mine.is_file() and policy.is_file() and json.loads(mine.read_text()) != json.loads(policy.read_text()):
+        raise ConfigError(key, f"'{path}' has a different tokenizer from the policy's ({policy_path}): its log-probs "
+                          "would score other tokens than the ones sampled")
 
 
 def validate_config(cfg: DictConfig, *, check_files: bool) -> DictConfig:
@@ -400,3 +444,49 @@ def _rollout_schedule(cfg: DictConfig) -> None:
     if get_advantage_estimator(cfg.algorithm.adv_estimator).needs_baseline_rollout:
         raise ConfigError("algorithm.adv_estimator", f"{cfg.algorithm.adv_estimator} needs a greedy baseline rollout "
                           f"of the policy being trained, which trainer.mode={mode} does not have")
+
+
+@check
+def _on_policy_only(cfg: DictConfig) -> None:
+    """An estimator registered on_policy_only (opo) is derived for samples of the policy it updates: one
+    optimizer step per batch, and a rollout of the current weights."""
+    from orchestrator.advantages.registry import get_advantage_estimator
+
+    name = cfg.algorithm.adv_estimator
+    if not get_advantage_estimator(name).on_policy_only:
+        return
+    why = (f"adv_estimator={name} is exact on-policy (every sample must come from the policy it updates, one "
+           "optimizer step per batch)")
+    if cfg.actor.ppo_epochs != 1:
+        raise ConfigError("actor.ppo_epochs", f"{why}: needs 1, got {cfg.actor.ppo_epochs}; later epochs reuse the "
+                          "samples of an older policy")
+    if cfg.actor.ppo_mini_batch_size != cfg.data.train_batch_size:
+        raise ConfigError("actor.ppo_mini_batch_size", f"{why}: needs data.train_batch_size="
+                          f"{cfg.data.train_batch_size}, got {cfg.actor.ppo_mini_batch_size}; later mini-batches "
+                          "were sampled before the earlier updates")
+    if cfg.trainer.mode != "sync":
+        raise ConfigError("trainer.mode", f"{why}: trainer.mode={cfg.trainer.mode} trains on samples of the previous "
+                          "step's weights; use sync")
+
+
+@check
+def _passk(cfg: DictConfig) -> None:
+    """Estimators bound to algorithm.passk_k (grpo_passk): 1 <= k <= rollout.n, and 0/1 scores."""
+    from orchestrator.advantages.registry import get_advantage_estimator
+
+    name = cfg.algorithm.adv_estimator
+    if "passk_k" not in get_advantage_estimator(name).params.values():
+        return
+    k, n = cfg.algorithm.passk_k, cfg.rollout.n
+    if not 1 <= k <= n:
+        raise ConfigError("algorithm.passk_k", f"adv_estimator={name} scores k-subsets of each prompt's rollout.n={n} "
+                          f"samples: needs 1 <= passk_k <= {n}, got {k}")
+    for key, on in (("algorithm.use_kl_in_reward", cfg.algorithm.use_kl_in_reward),
+                    ("reward.overlong.enable", cfg.reward.overlong.enable),
+                    ("reward.reward_model.enable", cfg.reward.reward_model.enable)):
+        if on:
+            raise ConfigError(key, f"adv_estimator={name} counts correct samples and needs 0/1 scores, which this "
+                              "makes non-binary: set it to false")
+    if cfg.reward.rule_weight != 1.0:
+        raise ConfigError("reward.rule_weight", f"adv_estimator={name} needs 0/1 scores: the rule reward must enter "
+                          f"with weight 1, got {cfg.reward.rule_weight}")
