@@ -25,13 +25,20 @@ class Dispatch(enum.Enum):
 class MethodSpec:
     dispatch: Dispatch
     blocking: bool
+    concurrency_group: str | None = None  # runs in this Ray concurrency group where the host has it
 
 
-def register(dispatch: Dispatch = Dispatch.ONE_TO_ALL, blocking: bool = True) -> Callable[[F], F]:
-    """Mark a worker method as callable from the driver with the given dispatch mode."""
+def register(dispatch: Dispatch = Dispatch.ONE_TO_ALL, blocking: bool = True,
+             concurrency_group: str | None = None) -> Callable[[F], F]:
+    """Mark a worker method as callable from the driver with the given dispatch mode.
+
+    concurrency_group: on hosts spawned with that group (spawn_colocated(concurrency_groups=...)) the method
+    runs in its own thread, beside a long call of the default group (a weight update during generation);
+    elsewhere it queues behind the default group's calls as every method does.
+    """
 
     def wrap(fn: F) -> F:
-        setattr(fn, DISPATCH_ATTR, MethodSpec(dispatch, blocking))
+        setattr(fn, DISPATCH_ATTR, MethodSpec(dispatch, blocking, concurrency_group))
         return fn
 
     return wrap

@@ -113,6 +113,13 @@ class PendingCall:
         self.role, self.method, self.timeout_s = role, method, timeout_s
         self._done, self._value = False, None
 
+    def done(self) -> bool:
+        """Every rank has finished (or failed): result() will not wait."""
+        if self._done:
+            return True
+        ready, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
+        return len(ready) == len(self._refs)
+
     def result(self, timeout_s: float | None = None) -> Any:
         if not self._done:
             got = gather(self._refs, self._ranks, self.role, self.method, timeout_s or self.timeout_s, self._nodes)
@@ -128,9 +135,11 @@ def _resolve(value: Any) -> Any:
 class WorkerGroup:
     """All ranks of one role. Each `@register`ed method of the role class becomes a method here."""
 
-    def __init__(self, role: str, role_cls: type, hosts: list, timeout_s: float, nodes: list[dict] | None = None):
+    def __init__(self, role: str, role_cls: type, hosts: list, timeout_s: float, nodes: list[dict] | None = None,
+                 concurrency_groups: frozenset[str] = frozenset()):
         self.role, self.role_cls, self.hosts, self.timeout_s = role, role_cls, hosts, timeout_s
         self.nodes = nodes  # per rank: the Ray node id, its address and the host's pid
+        self.concurrency_groups = concurrency_groups  # the hosts' Ray concurrency groups besides the default
         self._specs = registered_methods(role_cls)
         self._mesh: list[dict] | None = None
         for name, spec in self._specs.items():
@@ -175,9 +184,15 @@ class WorkerGroup:
             self._mesh = self.call_async("mesh_info").result()
         return self._mesh
 
+    def _remote_call(self, rank: int, method: str):
+        """The host's `call`, in the method's concurrency group when these hosts have it."""
+        group = self._specs[method].concurrency_group
+        call = self.hosts[rank].call
+        return call.options(concurrency_group=group) if group in self.concurrency_groups else call
+
     def _launch(self, method: str, ranks: list[int], per_rank: list[tuple[tuple, dict]],
                 collect: Callable[[list[Any]], Any]) -> PendingCall:
-        refs = [self.hosts[r].call.remote(self.role, method, a, kw) for r, (a, kw) in zip(ranks, per_rank)]
+        refs = [self._remote_call(r, method).remote(self.role, method, a, kw) for r, (a, kw) in zip(ranks, per_rank)]
         return PendingCall(refs, ranks, self.role, method, collect, self.timeout_s, self.nodes)
 
     def _launch_dp(self, method: str, args: tuple, kwargs: dict, dp_of_rank: list[int],
@@ -205,7 +220,7 @@ class WorkerGroup:
             (tuple(c[dp] for c in arg_chunks), {k: c[dp] for k, c in kw_chunks.items()}) for dp in dp_of_rank
         ]
         all_ranks = list(range(self.world_size))
-        refs = [self.hosts[r].call.remote(self.role, method, a, kw) for r, (a, kw) in zip(all_ranks, per_rank)]
+        refs = [self._remote_call(r, method).remote(self.role, method, a, kw) for r, (a, kw) in zip(all_ranks, per_rank)]
 
         # every rank runs (collectives need them all) and is waited for (a failure anywhere surfaces, and a
         # death is told apart from the errors it causes in its peers); only collect ranks' outputs are kept
@@ -224,10 +239,16 @@ class WorkerGroup:
 
 
 def spawn_colocated(pool: ResourcePool, roles: dict[str, tuple[type, dict]], *, timeout_s: float,
-                    init_timeout_s: float, env: dict[str, str] | None = None) -> dict[str, WorkerGroup]:
-    """One host actor per bundle of `pool`, each hosting every role in `roles` (constructed in order)."""
+                    init_timeout_s: float, env: dict[str, str] | None = None,
+                    concurrency_groups: tuple[str, ...] = ()) -> dict[str, WorkerGroup]:
+    """One host actor per bundle of `pool`, each hosting every role in `roles` (constructed in order).
+
+    concurrency_groups: extra Ray concurrency groups (one thread each) beside the default one, for methods
+    registered with them (a rollout host receiving weights while it generates, trainer.mode=async).
+    """
     pool.create()
-    host_cls = ray.remote(WorkerHost)
+    host_cls = (ray.remote(concurrency_groups={g: 1 for g in concurrency_groups})(WorkerHost) if concurrency_groups
+                else ray.remote(WorkerHost))
     hosts = []
     for rank, (pg, bundle, local_rank) in enumerate(pool.slots()):
         hosts.append(host_cls.options(
@@ -250,4 +271,5 @@ def spawn_colocated(pool: ResourcePool, roles: dict[str, tuple[type, dict]], *, 
         for h in hosts:
             ray.kill(h, no_restart=True)
         raise
-    return {role: WorkerGroup(role, cls, hosts, timeout_s, nodes) for role, (cls, _) in roles.items()}
+    return {role: WorkerGroup(role, cls, hosts, timeout_s, nodes, frozenset(concurrency_groups))
+            for role, (cls, _) in roles.items()}
