@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterable
 
 SUMMED = ("num_sequences", "tokens_generated", "stop_token_stops", "repetition_stops", "length_stops",
-          "decode_row_steps")
+          "decode_row_steps", "partial_interrupted")
 MAXED = ("max_response_length", "seconds", "log_probs_truncated")
 
 

@@ -4,10 +4,14 @@ Finished rows stop costing compute: once enough of the active rows have finished
 (`compact_fraction`), the survivors are gathered to the front of the cache and the
 batch shrinks. Host syncs (needed to know how many rows finished) happen every
 `sync_every` steps so that accelerators can run ahead of Python in between.
+
+`interrupt`, asked between decode steps, ends the loop early (asynchronous RL: new weights arrived); the
+result then says how many tokens every unfinished row has, so the engine can continue or restart them.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +47,8 @@ class GroupResult:
     stop_token_stops: int = 0
     repetition_stops: int = 0
     step_rows: list[int] = field(default_factory=list)  # rows fed to each decode step (compaction shows here)
+    interrupted_after: int | None = None  # interrupted: tokens every row in `unfinished` has (the rest is pad);
+    unfinished: torch.Tensor | None = None  # ... rows (of this call) that had not ended. tokens are then raw
 
 
 def _trim_left_padding(input_ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +67,12 @@ def run_group(
     attention_mask: torch.Tensor,
     cfg: LoopConfig,
     generator: torch.Generator | None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> GroupResult:
-    """input_ids/attention_mask [b, P] left-padded on the engine device; b * n <= cache rows."""
+    """input_ids/attention_mask [b, P] left-padded on the engine device; b * n <= cache rows.
+
+    interrupt: asked before each decode step; True ends the call there (see GroupResult.interrupted_after).
+    """
     device = input_ids.device
     valid = attention_mask.bool()
     if not bool(valid[:, -1].all()):
@@ -108,15 +118,33 @@ def run_group(
                     rows, pos, tok, done = rows[keep], pos[keep], tok[keep], done[keep]
                     run = run[keep] if run is not None else None
                     segments.append(_Segment(rows, step + 1))
+        if interrupt is not None and interrupt():
+            tokens, log_probs = _scatter(segments, total, cfg, device)
+            return GroupResult(tokens=tokens, log_probs=log_probs, lengths=torch.full((total,), step + 1),
+                               step_rows=step_rows, interrupted_after=step + 1, unfinished=rows[~done])
         slot = p + step  # slots [0, slot) hold the prompt and the tokens decoded so far
         step_rows.append(tok.shape[0])
         logits = model.decode(tok, pos, slot, cache, use_mask)
         pos += 1
 
-    tokens = torch.full((total, r), cfg.pad_token_id, dtype=torch.long, device=device)
-    log_probs = torch.zeros(total, r, dtype=torch.float32, device=device)
+    tokens, log_probs = _scatter(segments, total, cfg, device)
+    return finish(tokens, log_probs, cfg, step_rows)
+
+
+def _scatter(segments: list["_Segment"], total: int, cfg: LoopConfig,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.full((total, cfg.max_new_tokens), cfg.pad_token_id, dtype=torch.long, device=device)
+    log_probs = torch.zeros(total, cfg.max_new_tokens, dtype=torch.float32, device=device)
     for seg in segments:
         seg.scatter(tokens, log_probs)
+    return tokens, log_probs
+
+
+def finish(tokens: torch.Tensor, log_probs: torch.Tensor, cfg: LoopConfig, step_rows: list[int]) -> GroupResult:
+    """Lengths, stop counts and masking of whole [N, R] responses (one call's, or several calls' joined)."""
+    device = tokens.device
+    stops = _StopRule(cfg, device)
+    r = tokens.shape[1]
     lengths, stop_token_stops, repetition_stops = stops.lengths(tokens, log_probs)
     response_mask = torch.arange(r, device=device)[None, :] < lengths[:, None]
     return GroupResult(

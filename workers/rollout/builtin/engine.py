@@ -19,11 +19,13 @@ from workers.rollout.base import SamplingParams
 from workers.rollout.builtin.cpu_kernels import SLOT_BLOCK, FusedCpuDecoder
 from workers.rollout.builtin.decode_loop import GroupResult, LoopConfig, run_group
 from workers.rollout.builtin.kv_cache import KVCache
+from workers.rollout.builtin.partial import run_group_with_updates
 from workers.rollout.builtin.model import CompactDecoder
 from workers.rollout.builtin.sampling import SamplerConfig
 from workers.rollout.builtin.spec import spec_from_hf_config
 from workers.rollout.builtin.stats import rollout_stats
 from workers.rollout.builtin.weights import WeightLoader
+from workers.rollout.weight_updates import WeightUpdates
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -203,11 +205,18 @@ class BuiltinRolloutEngine:
             raise RuntimeError(f"builtin rollout: weights never loaded: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
         self.wake_up()
 
+    supports_updates_mid_generation = True  # takes new weights between decode steps (workers/rollout/weight_updates.py)
+
     @torch.inference_mode()
     def generate_tensors(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
+        updates: WeightUpdates | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Left-padded prompts [B, P] -> (output tensors of the RolloutEngine contract on CPU, rollout stats)."""
+        """Left-padded prompts [B, P] -> (output tensors of the RolloutEngine contract on CPU, rollout stats).
+
+        updates: weights may change between decode steps (trainer.mode=async, builtin/partial.py); the output
+        then also holds token_versions [B*n, R], the policy version that sampled each token (-1 on padding).
+        """
         start = time.perf_counter()
         self._prepare()
         cfg = self._loop_config(params, input_ids.shape[1])
@@ -216,8 +225,17 @@ class BuiltinRolloutEngine:
         mask = attention_mask.to(self.device)
         per_group = max(1, self.max_batch_size // cfg.n)
         results: list[GroupResult] = []
+        versions: list[torch.Tensor] = []
+        interrupted = 0
         for lo in range(0, ids.shape[0], per_group):
-            results.append(run_group(self._step, self.cache, ids[lo : lo + per_group], mask[lo : lo + per_group], cfg, generator))
+            group = (ids[lo : lo + per_group], mask[lo : lo + per_group])
+            if updates is None:
+                results.append(run_group(self._step, self.cache, *group, cfg, generator))
+                continue
+            res, ver, cut = run_group_with_updates(self._step, self.cache, *group, cfg, generator, updates)
+            results.append(res)
+            versions.append(ver)
+            interrupted += cut
         self.last_step_rows = [rows for res in results for rows in res.step_rows]
         responses = torch.cat([res.tokens for res in results]).cpu()
         log_probs = torch.cat([res.log_probs for res in results]).cpu()
@@ -225,11 +243,14 @@ class BuiltinRolloutEngine:
         seconds = time.perf_counter() - start
         out = rollout_output(input_ids, attention_mask, responses, log_probs, lengths, cfg.n)
         stats = rollout_stats(results, lengths, seconds)
+        if updates is not None:
+            out["token_versions"] = torch.cat(versions).cpu()
+            stats["partial_interrupted"] = float(interrupted)
         return out, stats
 
-    def generate(self, batch: Batch, params: SamplingParams) -> Batch:
+    def generate(self, batch: Batch, params: SamplingParams, updates: WeightUpdates | None = None) -> Batch:
         """Batch adapter: reads input_ids/attention_mask; every other field is carried, repeated n times interleaved."""
-        tensors, stats = self.generate_tensors(batch["input_ids"], batch["attention_mask"], params)
+        tensors, stats = self.generate_tensors(batch["input_ids"], batch["attention_mask"], params, updates)
         out = batch.repeat(params.n, interleave=True)
         for key, value in tensors.items():
             out[key] = value
