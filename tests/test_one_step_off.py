@@ -99,7 +99,12 @@ def test_a_killed_run_resumes_with_the_in_flight_batch_exactly_once(ray_cluster,
 
 @pytest.mark.parametrize("overrides,key", [
     (["trainer.mode=one_step_off"], "cluster.placement"),
-    (["trainer.mode=async", "cluster.placement=split"], "trainer.mode"),
+    (["trainer.mode=async"], "cluster.placement"),
+    (["trainer.mode=async", "cluster.placement=split", "rollout.on_stale=keep"], "rollout.on_stale"),
+    (["trainer.mode=async", "cluster.placement=split", "rollout.partial_rollout=resume"], "rollout.partial_rollout"),
+    (["trainer.mode=async", "cluster.placement=split", "rollout.max_staleness=-1"], "rollout.max_staleness"),
+    (["trainer.mode=async", "cluster.placement=split", "rollout.async_calls=0"], "rollout.async_calls"),
+    (["trainer.mode=async", "cluster.placement=split", "algorithm=opo"], "trainer.mode"),
     (["trainer.mode=sometimes"], "trainer.mode"),
     (["trainer.mode=one_step_off", "cluster.placement=split", "algorithm=remax"], "algorithm.adv_estimator"),
     (["trainer.mode=one_step_off", "cluster.placement=split", "algorithm=dapo"], "algorithm.dynamic_sampling.enable"),

@@ -16,8 +16,9 @@ Not a test: `baton bench backends|padding|throughput|precision|corrections|async
   the engines are measured equal). Both must learn as well and be faster.
 - async: split placement with one trainer rank and one rollout worker (one core each), trainer.mode=sync
   against one_step_off (step k+1's rollout runs while step k trains; samples one version old) with auto
-  (the behaviour policy's log-probs as pi_old) and with tis (pi_old recomputed, importance weights).
-  one_step_off must be faster per step and learn within 5 points of sync.
+  (the behaviour policy's log-probs as pi_old) and with tis (pi_old recomputed, importance weights), and
+  against async (a producer with rollout.async_calls queued calls, weights taken mid-generation, samples at
+  most rollout.max_staleness versions old). Both must be faster per step and learn within 5 points of sync.
 """
 from __future__ import annotations
 
@@ -57,11 +58,13 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
         "bypass": ["algorithm.rollout_correction.mode=bypass"],
         "auto (bypass while verified equal)": ["algorithm.rollout_correction.mode=auto"],
     }),
-    "async": ("rollout schedule", "Sync vs one-step-off rollout on the default job, split placement, one core each", {
+    "async": ("rollout schedule", "Sync vs one-step-off vs async rollout on the default job, split placement, "
+                                  "one core each", {
         "sync": [*ONE_CORE_EACH, "trainer.mode=sync"],
         "one_step_off (auto: behaviour log-probs as pi_old)": [*ONE_CORE_EACH, "trainer.mode=one_step_off"],
         "one_step_off + tis (recompute pi_old, IS weights)": [*ONE_CORE_EACH, "trainer.mode=one_step_off",
                                                               "algorithm.rollout_correction.mode=tis"],
+        "async (max_staleness 1, partial rollouts continue)": [*ONE_CORE_EACH, "trainer.mode=async"],
     }),
 }
 

@@ -149,6 +149,10 @@ class RolloutConfig:
     sleep_level: int = MISSING  # what a sleeping rollout engine does with its weights: 0 keep, 1 offload, 2 discard
     repetition_stop_window: int = MISSING  # MiniMax-M1 early stop: K (0 disables)
     repetition_stop_prob: float = MISSING
+    max_staleness: int = MISSING  # trainer.mode=async: a sample whose oldest token is more versions behind is not trained
+    on_stale: str = MISSING  # async: regenerate (its prompt is generated again) | drop (counted, not trained)
+    partial_rollout: str = MISSING  # async: a sequence an update interrupts continue|restart under the new weights
+    async_calls: int = MISSING  # async: generate calls kept queued on the rollout pool (each one batch of prompts)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 

@@ -427,10 +427,14 @@ def _shared_storage(cfg: DictConfig) -> None:
 def _rollout_schedule(cfg: DictConfig) -> None:
     """trainer.mode: what each mode needs (orchestrator/trainer/schedules.py)."""
     mode = cfg.trainer.mode
-    if mode == "async":
-        raise ConfigError("trainer.mode", "async (a continuous producer with a staleness bound) is not implemented "
-                          "yet; one_step_off overlaps each step's rollout with the previous step's training")
-    _one_of("trainer.mode", mode, ["sync", "one_step_off"])
+    _one_of("trainer.mode", mode, ["sync", "one_step_off", "async"])
+    r = cfg.rollout
+    _one_of("rollout.on_stale", r.on_stale, ["regenerate", "drop"])
+    _one_of("rollout.partial_rollout", r.partial_rollout, ["continue", "restart"])
+    if r.max_staleness < 0:
+        raise ConfigError("rollout.max_staleness", f"must be >= 0 policy versions, got {r.max_staleness}")
+    if r.async_calls < 1:
+        raise ConfigError("rollout.async_calls", f"must be >= 1, got {r.async_calls}")
     if mode == "sync":
         return
     if cfg.cluster.placement != "split":

@@ -100,9 +100,12 @@ class RLTrainer:
         """
         rows = self.stream.next_rows()
         prompts = prompts_to_batch(rows, self.tok, uid_prefix=f"e{self.stream.epoch}s{step}r{round_}")
-        params = self.sampling(n=self.cfg.rollout.n, temperature=self.cfg.rollout.temperature,
-                               seed=self.cfg.trainer.seed * 100003 + step * 101 + round_)
-        return prompts, params
+        return prompts, self.rollout_params(step, round_)
+
+    def rollout_params(self, step: int, round_: int) -> SamplingParams:
+        """Training-rollout sampling of step `step`, round `round_` (its own seed)."""
+        return self.sampling(n=self.cfg.rollout.n, temperature=self.cfg.rollout.temperature,
+                             seed=self.cfg.trainer.seed * 100003 + step * 101 + round_)
 
     def finish_rollout(self, prompts: Batch, out: Batch, version: int) -> Batch:
         """Score a generated batch and stamp it with the policy version that generated it."""
@@ -224,7 +227,7 @@ class RLTrainer:
                 m.update(mean_metrics(self.actor.update_actor(batch)))
         self.schedule.before_sync(self, m)
         with phase_timer("sync", m):
-            m.update(self.roles.sync_weights())
+            m.update(self.roles.sync_weights(self.step))
         self.policy_version = self.step
         self.record_throughput(m, generated=tokens, attended=float(batch["attention_mask"].sum()))
         self.last_batch = batch
@@ -317,7 +320,7 @@ class RLTrainer:
         if resumed is None:
             self.tracker.rewind(0)  # a restart from scratch redoes every step; the step-0 record stays
             self.lineage.rewind(0)
-        self.roles.sync_weights()
+        self.roles.sync_weights(self.step)
         self.loop_started = time.monotonic()
         if not self.tracker.has_record(self.step):  # the initial validation, once per run
             self.tracker.log(self.step, self.validate())

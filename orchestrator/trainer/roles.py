@@ -31,9 +31,10 @@ class Roles:
     teacher: WorkerGroup | None = None
     pools: list[ResourcePool] = field(default_factory=list)
 
-    def sync_weights(self) -> dict[str, float]:
-        """After an actor update: the rollout group generates with the new weights from here on."""
-        return self.weights.sync()
+    def sync_weights(self, version: int | None = None) -> dict[str, float]:
+        """After an actor update: the rollout group generates with the new weights (policy `version`) from here
+        on; in async mode from its next decode step, even inside a running generate call."""
+        return self.weights.sync(version)
 
     def weight_group_diffs(self) -> list[dict[str, float]]:
         """Largest |trainer - rollout| per parameter group (one merged dict; a list, as a group call returns)."""
@@ -108,9 +109,10 @@ def _pool(cfg: DictConfig, name: str, devices_per_node: int) -> ResourcePool:
 
 
 def _spawn(cfg: DictConfig, pool: ResourcePool, specs: dict[str, tuple[type, dict]],
-           classes: dict[str, type]) -> dict[str, WorkerGroup]:
+           classes: dict[str, type], concurrency_groups: tuple[str, ...] = ()) -> dict[str, WorkerGroup]:
     specs = {role: (classes.get(role, cls), kwargs) for role, (cls, kwargs) in specs.items()}
-    return spawn_colocated(pool, specs, timeout_s=cfg.cluster.rpc_timeout_s, init_timeout_s=cfg.cluster.init_timeout_s)
+    return spawn_colocated(pool, specs, timeout_s=cfg.cluster.rpc_timeout_s, init_timeout_s=cfg.cluster.init_timeout_s,
+                           concurrency_groups=concurrency_groups)
 
 
 def build_roles(cfg: DictConfig, pad_token_id: int, *, classes: dict[str, type] | None = None) -> Roles:
@@ -128,7 +130,9 @@ def build_roles(cfg: DictConfig, pad_token_id: int, *, classes: dict[str, type] 
         groups.update(_spawn(cfg, train_pool, role_specs(cfg, pad_token_id), classes))
         if split:
             pools.append(_pool(cfg, "rollout", c.rollout_devices_per_node))
-            groups.update(_spawn(cfg, pools[-1], rollout_spec(cfg, pad_token_id), classes))
+            # async: weights are received in a thread of their own while a generate call runs
+            weights_thread = ("weights",) if cfg.trainer.mode == "async" else ()
+            groups.update(_spawn(cfg, pools[-1], rollout_spec(cfg, pad_token_id), classes, weights_thread))
             weights: WeightSync = BroadcastSync.connect(groups["actor"], groups["rollout"],
                                                         init_timeout_s=c.init_timeout_s, timeout_s=c.rpc_timeout_s)
         else:

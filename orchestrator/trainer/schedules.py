@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from orchestrator.trainer.async_schedule import AsyncSchedule
 from workers.batch import Batch
 from workers.runtime import PendingCall
 
@@ -110,7 +111,7 @@ def load_next_batch(directory: Path) -> Batch | None:
     return torch.load(path, weights_only=False) if path.is_file() else None
 
 
-SCHEDULES = {"sync": SyncSchedule, "one_step_off": OneStepOffSchedule}
+SCHEDULES = {"sync": SyncSchedule, "one_step_off": OneStepOffSchedule, "async": AsyncSchedule}
 
 
 def make_schedule(mode: str) -> RolloutSchedule:

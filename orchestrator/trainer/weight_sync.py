@@ -19,7 +19,7 @@ _POLL_S = 0.5
 
 
 class WeightSync(Protocol):
-    def sync(self) -> dict[str, float]: ...
+    def sync(self, version: int | None = None) -> dict[str, float]: ...
 
     def group_diffs(self) -> dict[str, float]: ...
 
@@ -39,7 +39,7 @@ class InProcessSync:
     def __init__(self, actor: WorkerGroup):
         self.actor = actor
 
-    def sync(self) -> dict[str, float]:
+    def sync(self, version: int | None = None) -> dict[str, float]:
         return self.actor.sync_weights()[0]
 
     def group_diffs(self) -> dict[str, float]:
@@ -78,12 +78,13 @@ class BroadcastSync:
                   rollout.call_async("join_weight_group", host, port, world_size)], init_timeout_s)
         return cls(actor, rollout, timeout_s)
 
-    def _both(self, method: str) -> tuple[list, list]:
-        sent, received = wait_all([self.actor.call_async(method), self.rollout.call_async(method)], self.timeout_s)
+    def _both(self, method: str, **rollout_kwargs) -> tuple[list, list]:
+        sent, received = wait_all([self.actor.call_async(method), self.rollout.call_async(method, **rollout_kwargs)],
+                                  self.timeout_s)
         return sent, received
 
-    def sync(self) -> dict[str, float]:
-        sent, received = self._both("sync_weights")
+    def sync(self, version: int | None = None) -> dict[str, float]:
+        sent, received = self._both("sync_weights", version=version)
         return {**sent[0], **merge_max(received)}
 
     def group_diffs(self) -> dict[str, float]:

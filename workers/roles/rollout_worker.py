@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 
+import torch
 from omegaconf import DictConfig
 
 from hybrid_engine import SyncGroup, connect_sync_store, group_param_diffs, join_sync_group, receive_weights
 from workers.batch import Batch
 from workers.rollout.base import SamplingParams
 from workers.rollout.factory import build_rollout
+from workers.rollout.weight_updates import WeightMailbox
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
 
@@ -35,6 +37,13 @@ class RolloutWorker(Worker):
         self.rollout = build_rollout(cfg.rollout, cfg.model.path, device=ctx.device, max_seq_len=max_seq_len(cfg),
                                      pad_token_id=pad_token_id, seed=cfg.trainer.seed + ctx.rank)
         self.sync_group: SyncGroup | None = None
+        # trainer.mode=async: weights arrive while generating (the "weights" concurrency group) and wait here
+        self.mailbox = (WeightMailbox(self._load, version=0, partial_rollout=cfg.rollout.partial_rollout)
+                        if cfg.trainer.mode == "async" else None)
+
+    def _load(self, weights) -> None:
+        self.rollout.load_weights(weights)
+        self.rollout.wake_up()  # closes an engine's update session (vLLM); allocates the KV cache
 
     @register(Dispatch.ONE_TO_ALL)
     def join_weight_group(self, host: str, port: int, world_size: int) -> None:
@@ -49,18 +58,25 @@ class RolloutWorker(Worker):
             raise RuntimeError("rollout worker: join_weight_group() first (Roles does it at start-up)")
         return self.sync_group
 
-    @register(Dispatch.ONE_TO_ALL)
-    def sync_weights(self) -> dict[str, float]:
-        """Receive the trainer's weights into the engine; returns when all are loaded."""
+    @register(Dispatch.ONE_TO_ALL, concurrency_group="weights")
+    def sync_weights(self, version: int | None = None) -> dict[str, float]:
+        """Receive the trainer's weights (policy `version`). Loaded bucket by bucket, returning when all are in;
+        with a mailbox (async) received whole and handed over, so a generate call running meanwhile takes
+        them between two decode steps."""
         start = time.perf_counter()
+        if self.mailbox is not None:
+            weights = [pair for bucket in receive_weights(self._group()) for pair in bucket]
+            at_once = self.mailbox.deliver(self.mailbox.version + 1 if version is None else version, weights)
+            return {"sync/receive_seconds": time.perf_counter() - start, "sync/tensors_received": float(len(weights)),
+                    "async/applied_while_idle": float(at_once)}
         tensors = 0
         for bucket in receive_weights(self._group()):
             self.rollout.load_weights(bucket)
             tensors += len(bucket)
-        self.rollout.wake_up()  # closes an engine's update session (vLLM); allocates the KV cache
+        self.rollout.wake_up()
         return {"sync/receive_seconds": time.perf_counter() - start, "sync/tensors_received": float(tensors)}
 
-    @register(Dispatch.ONE_TO_ALL)
+    @register(Dispatch.ONE_TO_ALL, concurrency_group="weights")
     def weight_group_diffs(self) -> dict[str, float]:
         """Largest |trainer - rollout| per parameter group, from a second broadcast that is compared, not loaded."""
         received = (pair for bucket in receive_weights(self._group()) for pair in bucket)
@@ -72,4 +88,12 @@ class RolloutWorker(Worker):
 
     @register(Dispatch.DP)
     def generate(self, batch: Batch, params: SamplingParams) -> Batch:
-        return self.rollout.generate(batch, rank_sampling(params, self.rank))
+        params = rank_sampling(params, self.rank)
+        if self.mailbox is None:
+            return self.rollout.generate(batch, params)
+        with self.mailbox.generating() as updates:
+            if getattr(self.rollout, "supports_updates_mid_generation", False):
+                return self.rollout.generate(batch, params, updates=updates)
+            out = self.rollout.generate(batch, params)  # vLLM: new weights wait for the next call
+            out["token_versions"] = torch.where(out["response_mask"].bool(), updates.version, -1)
+            return out
