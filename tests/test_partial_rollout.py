@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from test_builtin_rollout import PAD, STOP, hf_training_log_probs, make_engine, make_hf, params, prompts
+from test_builtin_rollout import hf_training_log_probs, make_engine, make_hf, params, prompts
 from workers.rollout.weight_updates import WeightMailbox
 
 
@@ -67,12 +67,14 @@ def test_rows_that_ended_before_the_update_keep_their_tokens():
     old, new = make_hf(seed=0), make_hf(seed=5)
     engine = make_engine(old)
     ids, mask = prompts(batch=4, width=7)
-    greedy = params(n=1, max_new_tokens=12, stop_token_ids=(STOP,))
+    free, _ = make_engine(old).generate_tensors(ids, mask, params(n=1, max_new_tokens=12, stop_token_ids=()))
+    greedy = params(n=1, max_new_tokens=12, stop_token_ids=(int(free["responses"][0, 2]),))  # row 0 ends at 3
     before, _ = make_engine(old).generate_tensors(ids, mask, greedy)
     ended_early = before["response_mask"].sum(-1) < 6
     out, _ = engine.generate_tensors(ids, mask, greedy, UpdateAfterSteps(engine, new.state_dict(), after=6,
                                                                        mode="restart"))
     rows = ended_early.nonzero().squeeze(-1)
+    assert 0 < rows.numel() < 4  # some rows ended before the update, some did not
     assert torch.equal(out["responses"][rows], before["responses"][rows])
     assert bool((out["token_versions"][rows][out["response_mask"][rows].bool()] == 0).all())
 
