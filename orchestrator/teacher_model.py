@@ -17,7 +17,6 @@ from orchestrator.config.errors import ConfigError
 from orchestrator.trainer.checkpointing import latest_checkpoint
 
 SHIPPED_ROOT = warm_start.SHIPPED_ROOT.parent / "teachers"
-PROVENANCE_FILE = "baton_teacher.json"
 
 
 def default_path(cfg: DictConfig) -> Path:
@@ -56,7 +55,7 @@ def prepare(cfg: DictConfig) -> None:
 
 
 def ship(checkpoint: str, cfg: DictConfig) -> Path:
-    """Store a finished run's policy as the task's shipped teacher (bf16), with where it came from."""
+    """Store a finished run's policy as the task's shipped teacher (bf16); baton_teacher.json beside it says how."""
     src = resolve(checkpoint)
     dst = shipped_path(cfg)
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from orchestrator.advantages.grouping import group_ids, group_stats
+from orchestrator.advantages.group import grpo
 from orchestrator.advantages.inputs import AdvantageInputs
 from orchestrator.advantages.registry import register_advantage
 
@@ -41,10 +41,5 @@ def opd(data: AdvantageInputs, *, distill_coef: float, task_reward_coef: float, 
     if task_reward_coef:
         if data.index is None:
             raise ValueError("opd with task_reward_coef != 0 needs the prompt uids (index) to group samples")
-        scores = data.sequence_scores().to(torch.float32)
-        _, _, mean, std = group_stats(scores, group_ids(data.index, scores.device))
-        task = scores - mean  # a group of one is its own mean: 0
-        if norm_adv_by_std:
-            task = task / (std + eps)
-        adv = adv + task_reward_coef * task.unsqueeze(-1) * mask
+        adv = adv + task_reward_coef * grpo(data, norm_adv_by_std=norm_adv_by_std, eps=eps)[0]
     return adv, adv

@@ -62,5 +62,4 @@ def gpg(data: AdvantageInputs, *, norm_adv_by_std: bool, eps: float) -> tuple[Te
     if norm_adv_by_std:
         adv = adv / (std + eps)
     adv = torch.where(zero_grad, torch.zeros_like(adv), adv)
-    tok = adv.unsqueeze(-1) * data.mask.to(adv.dtype)
-    return tok, tok
+    return data.on_tokens(adv)

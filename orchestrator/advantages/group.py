@@ -14,11 +14,6 @@ from orchestrator.advantages.inputs import AdvantageInputs
 from orchestrator.advantages.registry import register_advantage
 
 
-def _broadcast(adv: Tensor, data: AdvantageInputs) -> tuple[Tensor, Tensor]:
-    tok = adv.unsqueeze(-1) * data.mask.to(adv.dtype)
-    return tok, tok
-
-
 @register_advantage("grpo", needs_critic=False, needs_baseline_rollout=False, uses_groups=True,
                     params={"norm_adv_by_std": "norm_adv_by_std", "eps": "eps"})
 def grpo(data: AdvantageInputs, *, norm_adv_by_std: bool, eps: float) -> tuple[Tensor, Tensor]:
@@ -33,7 +28,7 @@ def grpo(data: AdvantageInputs, *, norm_adv_by_std: bool, eps: float) -> tuple[T
     adv = scores - mean
     if norm_adv_by_std:
         adv = adv / (std + eps)
-    return _broadcast(adv, data)
+    return data.on_tokens(adv)
 
 
 @register_advantage("rloo", needs_critic=False, needs_baseline_rollout=False, uses_groups=True, params={})
@@ -45,4 +40,4 @@ def rloo(data: AdvantageInputs) -> tuple[Tensor, Tensor]:
     total, size, _, _ = group_stats(scores, group_ids(data.index, scores.device))
     baseline = (total - scores) / (size - 1).clamp(min=1.0)
     adv = (scores - baseline) * (size > 1).to(scores.dtype)
-    return _broadcast(adv, data)
+    return data.on_tokens(adv)

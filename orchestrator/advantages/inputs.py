@@ -55,6 +55,12 @@ class AdvantageInputs:
         """response_mask as float in the rewards' dtype."""
         return self.response_mask.to(self.token_level_rewards.dtype)
 
+    def on_tokens(self, adv: Tensor) -> tuple[Tensor, Tensor]:
+        """A sequence-level advantage [B] on every valid token -> (advantages, returns), both [B, R]: what
+        critic-free outcome estimators return (no critic to regress returns onto)."""
+        tok = adv.unsqueeze(-1) * self.mask.to(adv.dtype)
+        return tok, tok
+
     def sequence_scores(self) -> Tensor:
         """[B] total reward of each response (outcome estimators work on this)."""
         return masked_sum(self.token_level_rewards, self.response_mask, dim=-1)

@@ -43,5 +43,4 @@ def opo(data: AdvantageInputs) -> tuple[Tensor, Tensor]:
     tokens = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add_(0, ids, lengths)
     baseline = (weighted / tokens.clamp(min=1.0))[ids]
     adv = torch.where(tokens[ids] > 0, scores - baseline, torch.zeros_like(scores))
-    tok = adv.unsqueeze(-1) * data.mask.to(adv.dtype)
-    return tok, tok
+    return data.on_tokens(adv)

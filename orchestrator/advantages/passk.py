@@ -84,5 +84,4 @@ def grpo_passk(data: AdvantageInputs, *, k: int) -> tuple[Tensor, Tensor]:
         table[g, 0], table[g, 1] = passk_group_advantages(n, n_neg, k)
     per_row = table.to(scores.device)[ids]
     adv = torch.where(correct, per_row[:, 0], per_row[:, 1]).to(torch.float32)
-    tok = adv.unsqueeze(-1) * data.mask.to(adv.dtype)
-    return tok, tok
+    return data.on_tokens(adv)

@@ -134,7 +134,7 @@ class AsyncSchedule:
                   "async/calls_in_flight": float(len(self.inflight)), "async/overlapped": 1.0,
                   "async/token_staleness_mean": float((trainer.policy_version - tokens).float().mean())
                   if tokens.numel() else 0.0,
-                  "async/mixed_version_rows": float(sum(int(v[m].unique().numel() > 1) for v, m in
+                  "async/mixed_version_rows": float(sum(int(v[valid].unique().numel() > 1) for v, valid in
                                                         zip(batch["token_versions"], batch["response_mask"].bool())))})
         return batch
 
