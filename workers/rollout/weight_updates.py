@@ -27,6 +27,10 @@ class WeightUpdates(Protocol):
         """Apply weights that arrived since the last call; True if the engine's weights changed."""
         ...
 
+    def ready(self) -> bool:
+        """True when a poll() now would change the weights (an engine may first set its running work aside)."""
+        ...
+
 
 class WeightMailbox:
     """One pending version at most: a newer delivery replaces an older one not yet taken."""
@@ -51,6 +55,10 @@ class WeightMailbox:
                 return False
             self._take()
             return True
+
+    def ready(self) -> bool:
+        with self._lock:
+            return self._pending is not None
 
     def poll(self) -> bool:
         with self._lock:

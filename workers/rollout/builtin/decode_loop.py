@@ -95,7 +95,7 @@ def run_group(
     rows = torch.arange(total, device=device)
     pos = prompt_len.repeat_interleave(n) if n > 1 else prompt_len.clone()
     done = torch.zeros(total, dtype=torch.bool, device=device)
-    stops = _StopRule(cfg, device)
+    stops = StopRule(cfg, device)
     run = stops.new_run(total)
     segments: list[_Segment] = [_Segment(rows, 0)]
     step_rows: list[int] = []
@@ -143,7 +143,7 @@ def _scatter(segments: list["_Segment"], total: int, cfg: LoopConfig,
 def finish(tokens: torch.Tensor, log_probs: torch.Tensor, cfg: LoopConfig, step_rows: list[int]) -> GroupResult:
     """Lengths, stop counts and masking of whole [N, R] responses (one call's, or several calls' joined)."""
     device = tokens.device
-    stops = _StopRule(cfg, device)
+    stops = StopRule(cfg, device)
     r = tokens.shape[1]
     lengths, stop_token_stops, repetition_stops = stops.lengths(tokens, log_probs)
     response_mask = torch.arange(r, device=device)[None, :] < lengths[:, None]
@@ -176,7 +176,7 @@ class _Segment:
             log_probs[self.rows, cols] = torch.stack(self.log_probs, dim=1)
 
 
-class _StopRule:
+class StopRule:
     """When a row ends: a stop token (kept in the response) or, MiniMax-M1 style, K tokens in a row each
     sampled with probability > p. Evaluated per step (to stop compute) and once over the finished
     [N, R] arrays (for lengths and counts), with the same float comparisons so both agree."""

@@ -16,6 +16,7 @@ from workers.batch import Batch
 from workers.dtypes import to_dtype
 from workers.rollout.layout import rollout_output
 from workers.rollout.base import SamplingParams
+from workers.rollout.builtin.continuous import ContinuousBatcher
 from workers.rollout.builtin.cpu_kernels import SLOT_BLOCK, FusedCpuDecoder
 from workers.rollout.builtin.decode_loop import GroupResult, LoopConfig, run_group
 from workers.rollout.builtin.kv_cache import KVCache
@@ -25,6 +26,7 @@ from workers.rollout.builtin.sampling import SamplerConfig
 from workers.rollout.builtin.spec import spec_from_hf_config
 from workers.rollout.builtin.stats import rollout_stats
 from workers.rollout.builtin.weights import WeightLoader
+from workers.rollout.streaming import FinishedGroup, GroupRequest
 from workers.rollout.weight_updates import WeightUpdates
 
 
@@ -90,6 +92,7 @@ class BuiltinRolloutEngine:
             FusedCpuDecoder(self.model, self.max_batch_size) if kernels == "cpp" else self.model
         )
         self._weights_on_device = True
+        self._stream: ContinuousBatcher | None = None
         self.last_step_rows: list[int] = []  # rows fed to each decode step of the last call (all groups)
 
     @classmethod
@@ -256,3 +259,37 @@ class BuiltinRolloutEngine:
             out[key] = value
         out.meta["rollout_stats"] = stats
         return out
+
+    # -- request-level generation (workers/rollout/streaming.py) -----------------------------------
+
+    @property
+    def supports_streaming(self) -> bool:
+        """Continuous batching needs per-row cache slots, which only the torch forward has."""
+        return not isinstance(self._step, FusedCpuDecoder)
+
+    def start_stream(self, params: SamplingParams, updates: WeightUpdates | None = None) -> None:
+        if not self.supports_streaming:
+            raise ValueError("builtin rollout: request-level generation (rollout.stream) needs rollout.kernels=torch")
+        self._prepare()
+        cfg = self._loop_config(params, 1)
+        generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
+        self._stream = ContinuousBatcher(self.model, self.cache, cfg, generator, updates)
+
+    def _streaming(self) -> ContinuousBatcher:
+        if self._stream is None:
+            raise RuntimeError("builtin rollout: start_stream() first")
+        return self._stream
+
+    def add(self, requests: list[GroupRequest]) -> None:
+        self._streaming().add(requests)
+
+    def step(self) -> list[FinishedGroup]:
+        return self._streaming().step()
+
+    def pending(self) -> int:
+        return self._stream.pending() if self._stream is not None else 0
+
+    def end_stream(self) -> list[str]:
+        dropped = self._stream.end_stream() if self._stream is not None else []
+        self._stream = None
+        return dropped

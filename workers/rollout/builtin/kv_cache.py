@@ -92,16 +92,21 @@ class KVCache:
 
     def reset_key_valid(self, prompt_valid: torch.Tensor) -> None:
         """Rows [0, n) get the prompt mask on slots [0, P) and True after."""
-        n, p = prompt_valid.shape
-        self.key_valid[:n, :p] = prompt_valid
-        self.key_valid[:n, p:] = True
+        self.set_key_valid(0, prompt_valid)
 
-    def gather_rows(self, index: torch.Tensor, length: int) -> None:
-        """Rows [0, len(index)) become old rows `index` over slots [0, length) (compaction and n-sample fan-out)."""
+    def gather_rows(self, index: torch.Tensor, length: int, first_row: int = 0) -> None:
+        """Rows [first_row, first_row + len(index)) become old rows `index` over slots [0, length) (compaction and
+        n-sample fan-out; first_row > 0 fans out prompts that join a running batch)."""
         kv = self._block()
-        m = index.shape[0]
+        rows = slice(first_row, first_row + index.shape[0])
         if self.kernel_layout:  # a slot prefix need not be a prefix of the memory: move whole rows
-            kv[:, :, :m] = kv.index_select(2, index)
+            kv[:, :, rows] = kv.index_select(2, index)
         else:
-            kv[:, :, :m, :, :length] = kv[:, :, :, :, :length].index_select(2, index)
-        self.key_valid[:m, :length] = self.key_valid[:, :length].index_select(0, index)
+            kv[:, :, rows, :, :length] = kv[:, :, :, :, :length].index_select(2, index)
+        self.key_valid[rows, :length] = self.key_valid[:, :length].index_select(0, index)
+
+    def set_key_valid(self, first_row: int, prompt_valid: torch.Tensor) -> None:
+        """Rows [first_row, first_row + n) get the prompt mask on slots [0, P) and True after."""
+        n, p = prompt_valid.shape
+        self.key_valid[first_row : first_row + n, :p] = prompt_valid
+        self.key_valid[first_row : first_row + n, p:] = True

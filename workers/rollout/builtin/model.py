@@ -119,10 +119,13 @@ class CompactDecoder(nn.Module):
         return _linear_residual(x, F.silu(gate).mul_(up), layer.down_w, layer.down_b)
 
     def prefill(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, cache: KVCache
+        self, input_ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, cache: KVCache,
+        first_row: int = 0,
     ) -> torch.Tensor:
-        """Run left-padded prompts [n, P], fill cache slots [0, P) of rows [0, n); return last-token logits [n, V]."""
+        """Run left-padded prompts [n, P], fill cache slots [0, P) of rows [first_row, first_row + n); return
+        last-token logits [n, V]. (first_row > 0: prompts joining a running batch, builtin/continuous.py.)"""
         s = self.spec
+        rows = slice(first_row, first_row + input_ids.shape[0])
         n, p = input_ids.shape
         h_q, h_kv, hd = s.num_heads, s.num_kv_heads, s.head_dim
         causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
@@ -138,8 +141,8 @@ class CompactDecoder(nn.Module):
             q = qk[:, :, :h_q].transpose(1, 2)
             k = qk[:, :, h_q:].transpose(1, 2)
             v = qkv[:, :, h_q + h_kv :].transpose(1, 2)
-            cache.keys[i][:n, :, :p] = k
-            cache.values[i][:n, :, :p] = v
+            cache.keys[i][rows, :, :p] = k
+            cache.values[i][rows, :, :p] = v
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h_q != h_kv)
             x = x + F.linear(attn.transpose(1, 2).reshape(n, p, h_q * hd), layer.o_w, layer.o_b)
             x = self._mlp(layer, x)
@@ -153,22 +156,40 @@ class CompactDecoder(nn.Module):
         The G query heads sharing one KV head are folded into the query-length axis, so
         attention sees plain multi-head attention with no K/V expansion (GQA for free).
         """
+        n = tokens.shape[0]
+        key_valid = cache.key_valid[:n, None, None, : slot + 1] if use_mask else None
+        mask = ~key_valid if tokens.device.type == "cpu" and key_valid is not None else key_valid
+        return self._decode(tokens, positions, (slice(0, n), slice(None), slot), slot + 1, cache, mask)
+
+    def decode_ragged(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                      cache: KVCache) -> torch.Tensor:
+        """One token per row for rows [0, n) whose next cache slot differs per row (`slots` [n]): rows that joined
+        at different times (continuous batching). A row attends over its valid slots up to its own."""
+        n = tokens.shape[0]
+        length = int(slots.max()) + 1
+        span = torch.arange(length, device=tokens.device)
+        key_valid = cache.key_valid[:n, :length] & (span[None, :] <= slots[:, None])
+        mask = ~key_valid if tokens.device.type == "cpu" else key_valid
+        rows = torch.arange(n, device=tokens.device)
+        return self._decode(tokens, positions, (rows, slice(None), slots), length, cache, mask[:, None, None, :])
+
+    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, write: tuple, length: int, cache: KVCache,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """The decode body: K/V of the new tokens go to cache index `write`, attention reads slots [0, length)."""
         s = self.spec
         n = tokens.shape[0]
         h_q, h_kv, hd = s.num_heads, s.num_kv_heads, s.head_dim
         split_qk_v, split_q_k = [h_q + h_kv, h_kv], [h_q, h_kv]
-        q_shape, length = (n, h_kv, h_q // h_kv, hd), slot + 1
+        q_shape = (n, h_kv, h_q // h_kv, hd)
         on_cpu = tokens.device.type == "cpu"
-        key_valid = cache.key_valid[:n, None, None, :length] if use_mask else None
-        mask = ~key_valid if on_cpu and key_valid is not None else key_valid
         cos, sin = self._rope(positions)
         x = F.embedding(tokens, self.embed)
         for layer, k_all, v_all in zip(self.layers, cache.keys, cache.values):
             h = rms_norm(x, layer.input_norm, s.rms_norm_eps)
             qk, v = F.linear(h, layer.qkv_w, layer.qkv_b).view(n, -1, hd).split(split_qk_v, dim=1)
             q, k = apply_rope(qk, cos, sin).split(split_q_k, dim=1)
-            k_all[:n, :, slot] = k
-            v_all[:n, :, slot] = v
+            k_all[write] = k
+            v_all[write] = v
             attn = decode_attention(q.view(q_shape), k_all[:n, :, :length], v_all[:n, :, :length], mask, on_cpu)
             x = _linear_residual(x, attn.reshape(n, -1), layer.o_w, layer.o_b)
             x = self._mlp(layer, x)
