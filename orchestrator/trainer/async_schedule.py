@@ -75,8 +75,11 @@ class AsyncSchedule:
         """Groups still to train this run, beyond those buffered, in flight or picked for this step."""
         want = trainer.cfg.data.train_batch_size
         total = (trainer.cfg.trainer.total_steps - trainer.step + 1) * want
-        in_flight = sum(len(prompts) for _, prompts, _ in self.inflight)
-        return total - picked - len(self.groups) - in_flight
+        return total - picked - len(self.groups) - self._in_flight()
+
+    def _in_flight(self) -> int:
+        """Prompts launched whose samples have not come back."""
+        return sum(len(prompts) for _, prompts, _ in self.inflight)
 
     def _launch(self, trainer: "RLTrainer", picked: int) -> None:
         want = trainer.cfg.data.train_batch_size
@@ -131,7 +134,7 @@ class AsyncSchedule:
         trainer.rollout_metrics(batch, m)
         tokens = batch["token_versions"][batch["response_mask"].bool()]
         m.update({"async/stale_groups": float(stale), "async/buffered_groups": float(len(self.groups)),
-                  "async/calls_in_flight": float(len(self.inflight)), "async/overlapped": 1.0,
+                  "async/prompts_in_flight": float(self._in_flight()), "async/overlapped": 1.0,
                   "async/token_staleness_mean": float((trainer.policy_version - tokens).float().mean())
                   if tokens.numel() else 0.0,
                   "async/mixed_version_rows": float(sum(int(v[valid].unique().numel() > 1) for v, valid in
@@ -143,7 +146,10 @@ class AsyncSchedule:
         self._collect(trainer, block=False)
 
     def save(self, directory: Path) -> None:
-        pending = [row for _, prompts, _ in self.inflight for row in split_rows(prompts)]
+        self._save(directory, [row for _, prompts, _ in self.inflight for row in split_rows(prompts)])
+
+    def _save(self, directory: Path, pending: list[Batch]) -> None:
+        """The buffer, plus `pending` prompt rows (launched, not back) to be generated again first on resume."""
         torch.save({"groups": list(self.groups), "redo": list(self.redo) + pending, "launches": self.launches,
                     "prompt_rows": self.prompt_rows}, directory / BUFFER_FILE)
 

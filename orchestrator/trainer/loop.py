@@ -64,7 +64,7 @@ class RLTrainer:
         self.flops = phase_flops(cfg.model.path, on_gpu=bool(cfg.cluster.use_gpu))
         self.rollout_matches_trainer = False  # rollout_correction.mode=auto: verified equal at the last check
         self.policy_version = 0  # updates applied to the weights the rollout engines hold
-        self.schedule = make_schedule(cfg.trainer.mode)
+        self.schedule = make_schedule(cfg.trainer.mode, cfg.rollout.stream)
         self.lineage = DataLineage(Path(cfg.trainer.output_dir) / "lineage.jsonl")
 
     # --- sampling parameters ------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from orchestrator.trainer.async_schedule import AsyncSchedule
+from orchestrator.trainer.stream_schedule import StreamSchedule
 from workers.batch import Batch
 from workers.runtime import PendingCall
 
@@ -114,5 +115,6 @@ def load_next_batch(directory: Path) -> Batch | None:
 SCHEDULES = {"sync": SyncSchedule, "one_step_off": OneStepOffSchedule, "async": AsyncSchedule}
 
 
-def make_schedule(mode: str) -> RolloutSchedule:
-    return SCHEDULES[mode]()
+def make_schedule(mode: str, stream: bool = False) -> RolloutSchedule:
+    """rollout.stream swaps async's queued generate calls for request-level generation (stream_schedule.py)."""
+    return StreamSchedule() if stream and mode == "async" else SCHEDULES[mode]()

@@ -16,6 +16,8 @@ from hybrid_engine import SyncGroup, connect_sync_store, group_param_diffs, join
 from workers.batch import Batch
 from workers.rollout.base import SamplingParams
 from workers.rollout.factory import build_rollout
+from workers.rollout.stream_driver import StreamDriver
+from workers.rollout.streaming import FinishedGroup, request_for
 from workers.rollout.weight_updates import WeightMailbox
 from workers.runtime import Dispatch, Worker, WorkerContext, register
 
@@ -40,6 +42,7 @@ class RolloutWorker(Worker):
         # trainer.mode=async: weights arrive while generating (the "weights" concurrency group) and wait here
         self.mailbox = (WeightMailbox(self._load, version=0, partial_rollout=cfg.rollout.partial_rollout)
                         if cfg.trainer.mode == "async" else None)
+        self.stream: StreamDriver | None = None  # rollout.stream: request-level generation in a thread
 
     def _load(self, weights) -> None:
         self.rollout.load_weights(weights)
@@ -97,3 +100,33 @@ class RolloutWorker(Worker):
             out = self.rollout.generate(batch, params)  # vLLM: new weights wait for the next call
             out["token_versions"] = torch.where(out["response_mask"].bool(), updates.version, -1)
             return out
+
+    # --- request-level generation (rollout.stream, workers/rollout/streaming.py) ------------------------
+
+    def _driver(self) -> StreamDriver:
+        if self.stream is None:
+            if not getattr(self.rollout, "supports_streaming", False):
+                raise RuntimeError(f"rollout rank {self.rank}: this engine has no request-level generation")
+            self.stream = StreamDriver(self.rollout, self.mailbox, f"rollout rank {self.rank}")
+        return self.stream
+
+    @register(Dispatch.ONE_TO_ALL)
+    def stream_start(self, params: SamplingParams) -> None:
+        """Start decoding whatever `stream_submit` queues (this rank's own sampling seed)."""
+        self._driver().start(rank_sampling(params, self.rank))
+
+    @register(Dispatch.ONE_TO_ALL)
+    def stream_submit(self, prompts: Batch, seed: int) -> None:
+        """Queue prompt rows rank, rank + world_size, ... (one request each, its uid the request id)."""
+        mine = list(range(self.rank, len(prompts), self.world_size))
+        self._driver().submit([request_for(prompts.index([i]), seed=seed * 7919 + i) for i in mine])
+
+    @register(Dispatch.ONE_TO_ALL)
+    def stream_collect(self, min_groups: int, timeout_s: float) -> list[FinishedGroup]:
+        """Groups finished since the last collect (waiting at most timeout_s for min_groups)."""
+        return self._driver().collect(min_groups, timeout_s)
+
+    @register(Dispatch.ONE_TO_ALL)
+    def stream_stop(self) -> list[str]:
+        """End the stream; the uids it dropped unfinished."""
+        return self.stream.stop() if self.stream is not None else []
