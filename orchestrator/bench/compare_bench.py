@@ -18,7 +18,9 @@ Not a test: `baton bench backends|padding|throughput|precision|corrections|async
   against one_step_off (step k+1's rollout runs while step k trains; samples one version old) with auto
   (the behaviour policy's log-probs as pi_old) and with tis (pi_old recomputed, importance weights), and
   against async (a producer with rollout.async_calls queued calls, weights taken mid-generation, samples at
-  most rollout.max_staleness versions old). Both must be faster per step and learn within 5 points of sync.
+  most rollout.max_staleness versions old), and async with rollout.stream=true (request-level generation:
+  prompts join the running engine, groups are trained as they end). Both must be faster per step and learn
+  within 5 points of sync.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
                                                               "algorithm.rollout_correction.mode=tis"],
         "async (max_staleness 1, 1 call queued)": [*ONE_CORE_EACH, "trainer.mode=async"],
         "async, 2 calls queued": [*ONE_CORE_EACH, "trainer.mode=async", "rollout.async_calls=2"],
+        "async, streamed (continuous batching)": [*ONE_CORE_EACH, "trainer.mode=async", "rollout.stream=true"],
     }),
 }
 

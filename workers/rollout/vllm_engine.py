@@ -40,7 +40,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
@@ -51,6 +51,11 @@ from workers.rollout.base import SamplingParams
 from workers.rollout.stats import RolloutStats
 from workers.rollout.vllm_env import import_vllm
 from workers.rollout.vllm_world import WorldScoped, private_world
+
+if TYPE_CHECKING:
+    from workers.rollout.streaming import FinishedGroup, GroupRequest
+    from workers.rollout.vllm_stream import VLLMRequestStream
+    from workers.rollout.weight_updates import WeightUpdates
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +121,9 @@ def assemble_outputs(
 
 class VLLMRolloutEngine:
     """Generation, in-place weight updates and sleep/wake on a vLLM engine inside this process."""
+
+    supports_streaming = True  # streaming.RequestStream, through vllm_stream.VLLMRequestStream
+    _stream: VLLMRequestStream | None = None
 
     def __init__(
         self,
@@ -362,6 +370,30 @@ class VLLMRolloutEngine:
         truncated = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
         result.meta["rollout_stats"] = _stats(responses, stops, time.perf_counter() - start, truncated)
         return result
+
+    # --- request-level generation (streaming.RequestStream; see vllm_stream.py) ----------
+
+    def _request_stream(self) -> VLLMRequestStream:
+        if self._stream is None:
+            from workers.rollout.vllm_stream import VLLMRequestStream
+
+            self._stream = VLLMRequestStream(self)
+        return self._stream
+
+    def start_stream(self, params: SamplingParams, updates: WeightUpdates | None = None) -> None:
+        self._request_stream().start_stream(params, updates)
+
+    def add(self, requests: list[GroupRequest]) -> None:
+        self._request_stream().add(requests)
+
+    def step(self) -> list[FinishedGroup]:
+        return self._request_stream().step()
+
+    def pending(self) -> int:
+        return self._request_stream().pending()
+
+    def end_stream(self) -> list[str]:
+        return self._request_stream().end_stream()
 
 
 def _stats(responses: list[list[int]], stops: dict[str, int], seconds: float, truncated: bool) -> RolloutStats:
