@@ -146,25 +146,24 @@ def test_a_weight_update_lands_inside_a_running_stream(ray_cluster, tmp_path):
     assert warm_start.install_shipped(compose_config([f"trainer.cache_dir={cache}"]))
     model = cache / "warmstart" / "arithmetic-tiny-qwen2"
     cfg = validate_config(compose_config(_overrides(model, tmp_path, "rollout.max_new_tokens=40", "rollout.stream=true",
-                                                    "rollout.max_batch_size=64")), check_files=True)
+                                                    "rollout.max_batch_size=32")), check_files=True)
     tok = load_tokenizer(str(model))
     roles = build_roles(cfg, tok.pad_token_id)
     try:
         roles.sync_weights(0)
-        rows = [{"prompt": f"{i}+{i}=", "ground_truth": str(2 * i), "row": i} for i in range(24)]
+        rows = [{"prompt": f"{i}+{i}=", "ground_truth": str(2 * i), "row": i} for i in range(PROMPTS * 4)]
         prompts = prompts_to_batch(rows, tok, uid_prefix="t")
         roles.rollout.stream_start(SamplingParams(n=8, temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=40,
                                                   seed=1))
-        roles.rollout.stream_submit(prompts, 1)  # 192 rows, 64 at a time: later prompts wait for rows
-        time.sleep(1.0)
-        early = [g for rank in roles.rollout.stream_collect(0, 0.0) for g in rank]
+        roles.rollout.stream_submit(prompts, 1)  # 512 rows, 32 at a time: later prompts wait for rows
+        early = [g for rank in roles.rollout.stream_collect(1, 60.0) for g in rank]  # the first wave is done
         start = time.monotonic()
         sync = roles.sync_weights(1)
         published_s = time.monotonic() - start
         assert sync["async/applied_while_idle"] == 0.0  # it went to the mailbox of a running stream
         groups = list(early)
         deadline = time.monotonic() + 300
-        while len(groups) < 24 and time.monotonic() < deadline:
+        while len(groups) < len(rows) and time.monotonic() < deadline:
             groups += [g for rank in roles.rollout.stream_collect(1, 0.5) for g in rank]
         assert roles.rollout.stream_stop() == [[]]
     finally:

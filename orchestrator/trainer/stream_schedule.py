@@ -30,28 +30,36 @@ class StreamSchedule(AsyncSchedule):
         super().__init__()
         self.submitted: dict[str, tuple[Batch, int]] = {}  # uid -> (prompt row, version at submission)
         self.started = False
+        self.submissions = 0  # stream_submit calls so far (each has its own sampling seed)
         self.last_collect = time.perf_counter()
 
     def _in_flight(self) -> int:
         return len(self.submitted)
 
     def _launch(self, trainer: "RLTrainer", picked: int) -> None:
+        """Top the stream up to rollout.async_calls x data.train_batch_size prompts in flight, prompt by prompt:
+        regenerations first, then the rest of the last batch drawn, then a new batch from the prompt stream."""
         want = trainer.cfg.data.train_batch_size
         if not self.started:
             trainer.rollout.stream_start(trainer.rollout_params(0, 0))
             self.started = True
-        while (self._in_flight() + want <= trainer.cfg.rollout.async_calls * want
-               and self._needed(trainer, picked) > 0):
-            if self.redo:
-                prompts = concat_prompts([self.redo.popleft() for _ in range(min(want, len(self.redo)))],
-                                         trainer.tok.pad_token_id)
-            else:
+        rows: list[Batch] = []
+        target = trainer.cfg.rollout.async_calls * want
+        while self._in_flight() + len(rows) < target and self._needed(trainer, picked) - len(rows) > 0:
+            if not self.redo:
                 prompts, _ = trainer.draw_prompts(self.launches, 1)
-                self.prompt_rows.update(zip(prompts.non_tensors["uid"], split_rows(prompts)))
-            trainer.rollout.stream_submit(prompts, trainer.rollout_params(self.launches, 0).seed)
-            self.launches += 1
-            for uid, row in zip(prompts.non_tensors["uid"], split_rows(prompts)):
-                self.submitted[uid] = (row, trainer.policy_version)
+                self.launches += 1
+                drawn = split_rows(prompts)
+                self.prompt_rows.update(zip(prompts.non_tensors["uid"], drawn))
+                self.redo.extend(drawn)
+            rows.append(self.redo.popleft())
+        if not rows:
+            return
+        prompts = concat_prompts(rows, trainer.tok.pad_token_id)
+        self.submissions += 1
+        trainer.rollout.stream_submit(prompts, trainer.rollout_params(self.submissions, 0).seed)
+        for uid, row in zip(prompts.non_tensors["uid"], rows):
+            self.submitted[uid] = (row, trainer.policy_version)
 
     def _collect(self, trainer: "RLTrainer", *, block: bool) -> None:
         deadline = time.monotonic() + trainer.cfg.cluster.rpc_timeout_s
