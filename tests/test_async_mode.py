@@ -46,12 +46,13 @@ def model(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_staleness_bound_is_respected_and_stale_prompts_are_regenerated(ray_cluster, model, tmp_path):
-    # max_staleness=0 with 3 queued calls: a call queued behind others finishes after an update, so the bound bites
+    """Streamed (the default): max_staleness=0 with 3 batches of prompts submitted, so some groups finish after an
+    update and the bound bites; they are regenerated, never trained, and every prompt is trained once."""
     train(validate_config(compose_config(_overrides(model, tmp_path, "rollout.max_staleness=0",
                                                     "rollout.async_calls=3")), check_files=True))
     steps = _steps(tmp_path / "run")
     assert sorted(steps) == list(range(1, STEPS + 1))
-    assert all(r["async/staleness_max"] == 0 for r in steps.values())  # never trained beyond the bound
+    assert all(r["async/staleness_max"] == 0 and r["async/streamed"] == 1.0 for r in steps.values())
     assert sum(r["async/stale_groups"] for r in steps.values()) > 0  # ... and it was tested
     counts = _prompt_counts(tmp_path / "run")  # regenerated, not lost: the epoch is trained exactly once
     assert len(counts) == PROMPTS and set(counts.values()) == {1}, counts
@@ -60,8 +61,10 @@ def test_staleness_bound_is_respected_and_stale_prompts_are_regenerated(ray_clus
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_drop_discards_stale_samples_and_counts_them(ray_cluster, model, tmp_path):
-    train(validate_config(compose_config(_overrides(model, tmp_path, "rollout.max_staleness=0",
-                                                    "rollout.async_calls=3", "rollout.on_stale=drop",
+    """Queued generate calls (rollout.stream=false): the bound holds there too, stale groups are dropped."""
+    train(validate_config(compose_config(_overrides(model, tmp_path, "rollout.stream=false",
+                                                    "rollout.max_staleness=0", "rollout.async_calls=3",
+                                                    "rollout.on_stale=drop",
                                                     "trainer.total_steps=3")), check_files=True))
     steps = _steps(tmp_path / "run")
     assert all(r["async/staleness_max"] == 0 for r in steps.values())
@@ -122,21 +125,6 @@ def test_a_killed_async_run_resumes_training_every_prompt_exactly_once(ray_clust
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_streamed_generation_keeps_the_bound_and_trains_every_prompt_once(ray_cluster, model, tmp_path):
-    """rollout.stream=true: prompts join the running engine and groups are trained as they end; three batches
-    kept submitted with max_staleness=0 make some groups stale, which are regenerated, never trained."""
-    train(validate_config(compose_config(_overrides(model, tmp_path, "rollout.stream=true", "rollout.max_staleness=0",
-                                                    "rollout.async_calls=3")), check_files=True))
-    steps = _steps(tmp_path / "run")
-    assert sorted(steps) == list(range(1, STEPS + 1))
-    assert all(r["async/staleness_max"] == 0 for r in steps.values())
-    assert sum(r["async/stale_groups"] for r in steps.values()) > 0
-    counts = _prompt_counts(tmp_path / "run")
-    assert len(counts) == PROMPTS and set(counts.values()) == {1}, counts
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_a_weight_update_lands_inside_a_running_stream(ray_cluster, tmp_path):
     """The stream thread decodes while the weights thread receives version 1; the stream takes it between two
     steps and its running samples continue under it (0...0 1...1), prompts submitted later start under it."""
@@ -145,7 +133,7 @@ def test_a_weight_update_lands_inside_a_running_stream(ray_cluster, tmp_path):
     cache = tmp_path / "cache"
     assert warm_start.install_shipped(compose_config([f"trainer.cache_dir={cache}"]))
     model = cache / "warmstart" / "arithmetic-tiny-qwen2"
-    cfg = validate_config(compose_config(_overrides(model, tmp_path, "rollout.max_new_tokens=40", "rollout.stream=true",
+    cfg = validate_config(compose_config(_overrides(model, tmp_path, "rollout.max_new_tokens=40",
                                                     "rollout.max_batch_size=32")), check_files=True)
     tok = load_tokenizer(str(model))
     roles = build_roles(cfg, tok.pad_token_id)

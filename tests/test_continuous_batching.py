@@ -64,6 +64,8 @@ def test_greedy_stream_equals_one_call_generation_and_prompts_join_as_rows_free_
 def test_sampled_stream_log_probs_match_the_training_forward():
     hf = make_hf(seed=0)
     engine = make_engine(hf, max_batch_size=6)
+    engine.wake_up()
+    engine.cache._block().fill_(float("nan"))  # what uninitialised memory may hold: masked slots must not leak it
     sampling = params(n=3, temperature=1.0, max_new_tokens=MAX_NEW, seed=1, stop_token_ids=(5, 9, 11, 13))
     done, batcher = run_stream(engine, prompt_rows(5), sampling, add_at={0: [0, 1, 2], 3: [3, 4]})
     outs = [done[f"p{i}"][0] for i in range(5)]

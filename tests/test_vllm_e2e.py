@@ -83,9 +83,9 @@ def test_vllm_top_p_runs_with_rollout_correction_and_a_warning(ray_cluster, tmp_
     assert all("rollout_correction/masked_frac" in r for r in records)
 
 
-def test_async_mode_with_vllm_takes_weights_between_calls(ray_cluster, tmp_path):
-    """`trainer.mode=async rollout=vllm`: vLLM takes published weights before its next call, so every sequence
-    has one version; staleness stays within rollout.max_staleness."""
+def test_async_mode_with_vllm_streams_requests(ray_cluster, tmp_path):
+    """`trainer.mode=async rollout=vllm`: the rollout worker streams requests through vLLM's engine (the default
+    rollout.stream=true) while the trainer publishes weights; staleness stays within rollout.max_staleness."""
     model = tiny_model(tmp_path / "model")
     overrides = fast_overrides(model, tmp_path, steps=2) + ["rollout=vllm", "rollout.vllm.kv_cache_bytes=33554432",
                                                             "cluster.placement=split", "trainer.mode=async"]
@@ -93,5 +93,5 @@ def test_async_mode_with_vllm_takes_weights_between_calls(ray_cluster, tmp_path)
     records = [r for r in read_metrics_jsonl(tmp_path / "run" / "metrics.jsonl") if "timing_s/step" in r]
     assert [r["step"] for r in records] == [1, 2] and summary["status"] == "completed"
     for r in records:
-        assert r["async/staleness_max"] <= 1 and r["async/mixed_version_rows"] == 0
+        assert r["async/staleness_max"] <= 1 and r["async/streamed"] == 1.0
         assert r["sync/tensors_received"] > 0

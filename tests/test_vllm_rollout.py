@@ -284,3 +284,7 @@ def test_bad_inputs_are_refused(engine):
     assert prompt_token_lists(torch.tensor([[0, 0, 7, 8]]), torch.tensor([[0, 0, 1, 1]])) == [[7, 8]]
     with pytest.raises(ValueError, match="max_model_len"):
         engine.generate(prompt_batch(), params(max_new_tokens=MAX_MODEL_LEN))
+
+
+# Request-level generation (vLLM streams) shares this module's engine: see vllm_stream_cases.py.
+from vllm_stream_cases import *  # noqa: E402,F401,F403

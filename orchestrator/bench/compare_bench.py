@@ -66,9 +66,11 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
         "one_step_off (auto: behaviour log-probs as pi_old)": [*ONE_CORE_EACH, "trainer.mode=one_step_off"],
         "one_step_off + tis (recompute pi_old, IS weights)": [*ONE_CORE_EACH, "trainer.mode=one_step_off",
                                                               "algorithm.rollout_correction.mode=tis"],
-        "async (max_staleness 1, 1 call queued)": [*ONE_CORE_EACH, "trainer.mode=async"],
-        "async, 2 calls queued": [*ONE_CORE_EACH, "trainer.mode=async", "rollout.async_calls=2"],
-        "async, streamed (continuous batching)": [*ONE_CORE_EACH, "trainer.mode=async", "rollout.stream=true"],
+        "async (max_staleness 1, 1 call queued)": [*ONE_CORE_EACH, "trainer.mode=async", "rollout.stream=false"],
+        "async, 2 calls queued": [*ONE_CORE_EACH, "trainer.mode=async", "rollout.stream=false",
+                                  "rollout.async_calls=2"],
+        "async, streamed (continuous batching; the default)": [*ONE_CORE_EACH, "trainer.mode=async",
+                                                                "rollout.stream=true"],
     }),
 }
 

@@ -153,7 +153,7 @@ class RolloutConfig:
     on_stale: str = MISSING  # async: regenerate (its prompt is generated again) | drop (counted, not trained)
     partial_rollout: str = MISSING  # async: a sequence an update interrupts continue|restart under the new weights
     async_calls: int = MISSING  # async: generate calls kept queued on the rollout pool (each one batch of prompts)
-    stream: bool = MISSING  # async: request-level generation (continuous batching); async_calls batches kept queued
+    stream: bool = MISSING  # async: request-level generation (continuous batching), else one call per batch
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 

@@ -435,11 +435,10 @@ def _rollout_schedule(cfg: DictConfig) -> None:
         raise ConfigError("rollout.max_staleness", f"must be >= 0 policy versions, got {r.max_staleness}")
     if r.async_calls < 1:
         raise ConfigError("rollout.async_calls", f"must be >= 1, got {r.async_calls}")
-    if r.stream and mode != "async":
-        raise ConfigError("rollout.stream", f"request-level generation feeds trainer.mode=async, not {mode}")
-    if r.stream and r.name == "builtin" and r.kernels != "torch":
+    if mode == "async" and r.stream and r.name == "builtin" and r.kernels != "torch":
         raise ConfigError("rollout.stream", "continuous batching needs per-row cache slots, which only "
-                          f"rollout.kernels=torch has (got {r.kernels!r})")
+                          f"rollout.kernels=torch has (got {r.kernels!r}): set rollout.kernels=torch, or "
+                          "rollout.stream=false for one generate call per batch")
     if mode == "sync":
         return
     if cfg.cluster.placement != "split":

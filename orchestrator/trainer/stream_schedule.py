@@ -33,6 +33,11 @@ class StreamSchedule(AsyncSchedule):
         self.submissions = 0  # stream_submit calls so far (each has its own sampling seed)
         self.last_collect = time.perf_counter()
 
+    def take(self, trainer: "RLTrainer", m: dict[str, float]) -> Batch:
+        batch = super().take(trainer, m)
+        m["async/streamed"] = 1.0
+        return batch
+
     def _in_flight(self) -> int:
         return len(self.submitted)
 

