@@ -83,6 +83,23 @@ def named(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name, t.detach().clone()) for name, t in model.named_parameters()]
 
 
+def stream_with_update(engine, models, sampled, partial: str):
+    """Stream the three prompts, deliver model b after UPDATE_AFTER steps, drain.
+    -> (stream, mailbox, every group by id, ids of the groups that had ended before the update)."""
+    mailbox = switch_weights(engine, partial)
+    stream = VLLMRequestStream(engine)
+    groups: dict[str, FinishedGroup] = {}
+    with mailbox.generating():
+        stream.start_stream(sampled, mailbox)
+        stream.add([request(i, sampled.n) for i in range(3)])
+        for _ in range(UPDATE_AFTER):
+            groups.update((g.request_id, g) for g in stream.step())
+        early = sorted(groups)
+        assert not mailbox.deliver(1, named(models["b"]))  # waits for the stream's next step
+        drain(stream, UPDATE_AFTER, {}, groups)
+    return stream, mailbox, groups, early
+
+
 @pytest.mark.parametrize("output_kind", ["DELTA", "CUMULATIVE"])
 def test_greedy_stream_equals_generate_and_returns_groups_as_they_finish(engine, weights_a, monkeypatch,
                                                                          output_kind):
@@ -120,16 +137,8 @@ def test_greedy_stream_equals_generate_and_returns_groups_as_they_finish(engine,
 def test_update_mid_stream_continue_keeps_tokens_and_versions(engine, models, weights_a):
     n, sampled = 2, params(n=2, temperature=1.0, max_new_tokens=R)
     reference = rows(engine.generate(prompt_batch(), sampled), n)  # same seeds, model a, no update
-    mailbox = switch_weights(engine, "continue")
-    stream = VLLMRequestStream(engine)
-    groups: dict[str, FinishedGroup] = {}
-    with mailbox.generating():
-        stream.start_stream(sampled, mailbox)
-        stream.add([request(i, n) for i in range(3)])
-        for _ in range(UPDATE_AFTER):
-            assert stream.step() == []
-        assert not mailbox.deliver(1, named(models["b"]))  # waits for the stream's next step
-        drain(stream, UPDATE_AFTER, {}, groups)
+    stream, mailbox, groups, early = stream_with_update(engine, models, sampled, "continue")
+    assert early == []  # no group had ended before the update
     assert mailbox.version == 1 and mailbox.updates_applied == 1
     assert stream.interrupted == 3 * n and stream.updates_taken == 1
     for i, rid in enumerate(IDS):
@@ -147,16 +156,7 @@ def test_update_mid_stream_restart_resamples_interrupted_samples(engine, models,
     n, stops = 2, (5, 9, 20, 33, 41)
     sampled = params(n=n, temperature=1.0, max_new_tokens=R, stop_token_ids=stops)
     lengths = [len(t) for t, _ in rows(engine.generate(prompt_batch(), sampled), n)]
-    mailbox = switch_weights(engine, "restart")
-    stream = VLLMRequestStream(engine)
-    groups: dict[str, FinishedGroup] = {}
-    with mailbox.generating():
-        stream.start_stream(sampled, mailbox)
-        stream.add([request(i, n) for i in range(3)])
-        for _ in range(UPDATE_AFTER):
-            groups.update((g.request_id, g) for g in stream.step())
-        mailbox.deliver(1, named(models["b"]))
-        drain(stream, UPDATE_AFTER, {}, groups)
+    stream, mailbox, groups, _ = stream_with_update(engine, models, sampled, "restart")
     ended_before = [length <= UPDATE_AFTER for length in lengths]
     assert any(ended_before) and not all(ended_before), lengths  # the seed gives both kinds
     assert stream.interrupted == ended_before.count(False)
