@@ -82,21 +82,21 @@ def main(argv: list[str] | None = None, *, name: str = "backends") -> None:
     parser.add_argument("--steps", type=int, default=40, help="RL steps per variant")
     parser.add_argument("--root", type=Path, default=Path(f"outputs/bench/{name}"), help="runs go to ROOT/<variant>")
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
-    parser.add_argument("--only", default="", help="comma-separated prefixes: run only the variants whose name "
-                        "starts with one of them (e.g. --only sync,async)")
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="run only the variants whose name starts with PREFIX (repeatable: --only sync "
+                             "--only 'async, streamed'; names may contain commas)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
     if args.steps < 1:
         raise SystemExit(f"bench {name}: --steps must be >= 1")
     if args.only:
-        words = [w.strip() for w in args.only.split(",") if w.strip()]
-        variants = {k: v for k, v in variants.items() if any(k.startswith(w) for w in words)}
+        variants = {k: v for k, v in variants.items() if any(k.startswith(w) for w in args.only)}
         if not variants:
-            raise SystemExit(f"bench {name}: --only {args.only!r} matches none of: {', '.join(SETS[name][2])}")
+            raise SystemExit(f"bench {name}: --only {args.only} matches none of: {' | '.join(SETS[name][2])}")
     table = run_variants(column, variants, args.steps, args.root, list(args.overrides))
     if args.write:
         command = " ".join([f"baton bench {name}", f"--steps {args.steps}",
-                            *([f"--only {args.only}"] if args.only else []), *args.overrides])
+                            *[f"--only '{w}'" for w in args.only], *args.overrides])
         append_section(f"{title} (`baton bench {name}`)", command,
                        "GRPO from the shipped warm start, one run per variant in turn. Val accuracy: greedy, 256 test "
                        "prompts, before the first and after the last step; s/step: the loop's wall time (validation "
