@@ -109,17 +109,18 @@ def test_weights_taken_mid_stream_re_prefill_running_samples(mode):
                                         == 1).all()) for i in range(5))
 
 
-def test_end_stream_returns_what_was_waiting_or_running_and_the_engine_generates_after():
+def test_streams_and_calls_alternate_and_end_stream_returns_what_was_waiting_or_running():
     hf = make_hf(seed=0)
     engine = make_engine(hf, max_batch_size=4)
+    ids, mask = prompts(batch=2)
+    before, _ = engine.generate_tensors(ids, mask, params(n=1, max_new_tokens=4))  # a call first, then a stream
     engine.start_stream(params(n=2, max_new_tokens=MAX_NEW, stop_token_ids=()))
     engine.add([request_for(r, seed=0) for r in prompt_rows(3)])
     engine.step()
     assert engine.pending() == 3
     assert sorted(engine.end_stream()) == ["p0", "p1", "p2"] and engine.pending() == 0
-    ids, mask = prompts(batch=2)
     out, _ = engine.generate_tensors(ids, mask, params(n=1, max_new_tokens=4))
-    assert out["responses"].shape == (2, 4)
+    assert torch.equal(out["responses"], before["responses"])
 
 
 def test_a_prompt_too_long_for_the_cache_is_refused_naming_the_request():

@@ -267,6 +267,7 @@ class BuiltinRolloutEngine:
         """Continuous batching needs per-row cache slots, which only the torch forward has."""
         return not isinstance(self._step, FusedCpuDecoder)
 
+    @torch.inference_mode()  # the cache may hold inference tensors (allocated by a generate call)
     def start_stream(self, params: SamplingParams, updates: WeightUpdates | None = None) -> None:
         if not self.supports_streaming:
             raise ValueError("builtin rollout: request-level generation (rollout.stream) needs rollout.kernels=torch")
