@@ -6,7 +6,8 @@ BENCHES = {"rollout": "orchestrator.bench.rollout_bench", "sync": "orchestrator.
            "backends": "orchestrator.bench.compare_bench", "corrections": "orchestrator.bench.compare_bench",
            "padding": "orchestrator.bench.compare_bench", "precision": "orchestrator.bench.compare_bench",
            "throughput": "orchestrator.bench.compare_bench", "train": "orchestrator.bench.train_bench",
-           "e2e": "orchestrator.bench.e2e_bench", "async": "orchestrator.bench.compare_bench"}
+           "e2e": "orchestrator.bench.e2e_bench", "async": "orchestrator.bench.compare_bench",
+           "stream": "orchestrator.bench.stream_bench"}
 NAMED_SETS = ("backends", "padding", "throughput", "precision", "corrections", "async")  # compare_bench runs the set named like the command
 
 
