@@ -129,3 +129,30 @@ def test_a_prompt_too_long_for_the_cache_is_refused_naming_the_request():
     row = prompt_rows(1, width=9)[0]
     with pytest.raises(ValueError, match="'p0'"):
         engine.add([request_for(row, seed=0)])
+
+
+def test_the_stream_thread_decodes_while_the_caller_waits_and_its_errors_reach_the_caller():
+    from workers.rollout.stream_driver import StreamDriver
+    from workers.rollout.streaming import GroupRequest
+
+    engine = make_engine(make_hf(seed=0), max_batch_size=8)
+    driver = StreamDriver(engine, WeightMailbox(engine.load_weights, version=0, partial_rollout="continue"),
+                          "rollout rank 3")
+    driver.start(params(n=2, max_new_tokens=MAX_NEW, stop_token_ids=()))
+    driver.submit([request_for(r, seed=0) for r in prompt_rows(3)])
+    groups = []
+    for _ in range(100):
+        groups += driver.collect(1, 5.0)
+        if len(groups) == 3:
+            break
+    assert sorted(g.request_id for g in groups) == ["p0", "p1", "p2"]
+    assert all(len(t) == MAX_NEW for g in groups for t in g.tokens)
+    driver.submit([GroupRequest("bad", [10**6], seed=0)])  # a token id outside the vocabulary
+    with pytest.raises(RuntimeError, match="rollout rank 3: the generation stream failed"):
+        for _ in range(100):
+            driver.collect(1, 5.0)
+    driver.stop()
+    driver.start(params(n=2, max_new_tokens=4, stop_token_ids=()))  # the engine serves a new stream after it
+    driver.submit([request_for(prompt_rows(1)[0], seed=0)])
+    assert [g.request_id for g in driver.collect(1, 30.0)] == ["p0"]
+    driver.stop()

@@ -27,8 +27,6 @@ class StreamDriver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.steps = 0
-        self.busy_seconds = 0.0
 
     @property
     def running(self) -> bool:
@@ -90,10 +88,7 @@ class StreamDriver:
                         self.mailbox.poll()
                     time.sleep(IDLE_WAIT_S)
                     continue
-                start = time.perf_counter()
                 finished = self.engine.step()
-                self.busy_seconds += time.perf_counter() - start
-                self.steps += 1
                 if finished:
                     with self._cond:
                         self._done.extend(finished)

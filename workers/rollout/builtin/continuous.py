@@ -66,10 +66,8 @@ class ContinuousBatcher:
         self.pos = torch.zeros(0, dtype=torch.long, device=self.device)  # next position per row
         self.run = self.stops.new_run(0)
         self.logits: torch.Tensor | None = None  # next-token logits per row
-        self.steps = 0
         self.admitted_while_running = 0  # prompts that joined while other rows were decoding
-        self.interrupted = 0
-        self.row_steps = 0
+        self.interrupted = 0  # running samples re-prefilled because new weights arrived
 
     # --- the RequestStream calls -------------------------------------------------------------
 
@@ -99,8 +97,6 @@ class ContinuousBatcher:
         self._admit()
         if not self.owners:
             return []
-        self.steps += 1
-        self.row_steps += len(self.owners)
         tok, logp = sample_next(self.logits, self.cfg.sampler, self.generator)
         rows = torch.arange(len(self.owners), device=self.device)
         col = self.generated.clamp(max=self.cfg.max_new_tokens - 1)
