@@ -18,18 +18,18 @@ from orchestrator.bench.timing import time_interleaved
 from orchestrator.bench.variants import append_section
 
 
-def _runners(engine: Any, ids: torch.Tensor, mask: torch.Tensor, params: Any) -> dict[str, Callable[[], int]]:
-    from workers.rollout.streaming import GroupRequest
+def _runners(engine: Any, batch: Any, params: Any) -> dict[str, Callable[[], int]]:
+    from workers.rollout.streaming import request_for
 
-    prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    requests = [request_for(batch.index([i]), seed=0) for i in range(len(batch))]
 
     def one_call() -> int:
-        out, _ = engine.generate_tensors(ids, mask, params)
+        out, _ = engine.generate_tensors(batch["input_ids"], batch["attention_mask"], params)
         return int(out["response_mask"].sum())
 
     def stream() -> int:
         engine.start_stream(params)
-        engine.add([GroupRequest(str(i), p, 0) for i, p in enumerate(prompts)])
+        engine.add(requests)
         tokens = 0
         while engine.pending():
             tokens += sum(len(t) for g in engine.step() for t in g.tokens)
@@ -61,7 +61,7 @@ def run(caps: list[int], repeats: int, overrides: list[str]) -> list[list[str]]:
     for cap in caps:
         engine = BuiltinRolloutEngine.from_pretrained(cfg.model.path, dtype=r.dtype, device="cpu", max_batch_size=cap,
                                                       max_seq_len=cfg.data.max_prompt_length + r.max_new_tokens)
-        runners = _runners(engine, batch["input_ids"], batch["attention_mask"], params)
+        runners = _runners(engine, batch, params)
         tokens = {name: fn() for name, fn in runners.items()}
         times = time_interleaved(runners, repeats)
         # the two modes sample in a different order, so their tokens differ: compare tokens per second

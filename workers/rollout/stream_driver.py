@@ -7,6 +7,7 @@ the thread ends the stream and is raised by the next call, naming the worker.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -15,7 +16,7 @@ from workers.rollout.base import SamplingParams
 from workers.rollout.streaming import FinishedGroup, GroupRequest, RequestStream
 from workers.rollout.weight_updates import WeightMailbox
 
-IDLE_WAIT_S = 0.005  # how long an idle stream sleeps between looks at its queue
+IDLE_WAIT_S = 0.02  # longest an idle stream waits for prompts before looking at its mailbox and stop flag
 
 
 class StreamDriver:
@@ -76,27 +77,28 @@ class StreamDriver:
             raise RuntimeError(f"{self.name}: the generation stream failed: {self._error!r}") from self._error
 
     def _loop(self) -> None:
-        generating = self.mailbox.generating() if self.mailbox is not None else None
+        # while the stream runs, deliveries wait in the mailbox for the stream to take them between steps
+        generating = self.mailbox.generating() if self.mailbox is not None else contextlib.nullcontext()
         try:
-            if generating is not None:
-                generating.__enter__()  # deliveries wait for the stream to take them between steps
-            while not self._stop.is_set():
-                while not self._inbox.empty():
-                    self.engine.add(self._inbox.get_nowait())
-                if not self.engine.pending():
-                    if self.mailbox is not None and self.mailbox.ready():
-                        self.mailbox.poll()
-                    time.sleep(IDLE_WAIT_S)
-                    continue
-                finished = self.engine.step()
-                if finished:
-                    with self._cond:
-                        self._done.extend(finished)
-                        self._cond.notify_all()
+            with generating:
+                while not self._stop.is_set():
+                    while not self._inbox.empty():
+                        self.engine.add(self._inbox.get_nowait())
+                    if not self.engine.pending():
+                        if self.mailbox is not None and self.mailbox.ready():
+                            self.mailbox.poll()
+                        try:  # idle: wake for the next prompts, or to look at the mailbox and the stop flag
+                            self.engine.add(self._inbox.get(timeout=IDLE_WAIT_S))
+                        except queue.Empty:
+                            pass
+                        continue
+                    finished = self.engine.step()
+                    if finished:
+                        with self._cond:
+                            self._done.extend(finished)
+                            self._cond.notify_all()
         except BaseException as exc:  # surfaced by the next submit/collect
             self._error = exc
         finally:
-            if generating is not None:
-                generating.__exit__(None, None, None)
             with self._cond:
                 self._cond.notify_all()

@@ -68,6 +68,7 @@ class ContinuousBatcher:
         self.logits: torch.Tensor | None = None  # next-token logits per row
         self.admitted_while_running = 0  # prompts that joined while other rows were decoding
         self.interrupted = 0  # running samples re-prefilled because new weights arrived
+        self.open_requests = 0  # added and not yet returned (waiting or running)
 
     # --- the RequestStream calls -------------------------------------------------------------
 
@@ -78,16 +79,17 @@ class ContinuousBatcher:
                 raise ValueError(f"builtin rollout: request {req.request_id!r} has a prompt of {len(req.prompt)} "
                                  f"tokens; it must have 1..{limit} (max_seq_len - max_new_tokens)")
             self.waiting.append(_Request(req, [None] * self.cfg.n, self.cfg.n))
+            self.open_requests += 1
 
     def pending(self) -> int:
-        running = {id(o[0]): o[0] for o in self.owners if o is not None}
-        return len(self.waiting) + len(running)
+        return self.open_requests
 
     def end_stream(self) -> list[str]:
         running = {id(o[0]): o[0].request.request_id for o in self.owners if o is not None}
         dropped = [r.request.request_id for r in self.waiting] + list(running.values())
         self.waiting.clear()
         self._keep(torch.zeros(0, dtype=torch.long, device=self.device))
+        self.open_requests = 0
         return dropped
 
     @torch.inference_mode()
@@ -137,6 +139,7 @@ class ContinuousBatcher:
             req.samples[j] = (toks, self.log_probs[row, :length].tolist(), self.versions[row, :length].tolist(), end)
             req.open_rows -= 1
             if req.open_rows == 0:
+                self.open_requests -= 1
                 ends = [s[3] for s in req.samples]
                 out.append(FinishedGroup(req.request.request_id, [s[0] for s in req.samples],
                                          [s[1] for s in req.samples], [s[2] for s in req.samples],
