@@ -62,6 +62,28 @@ def rollout_rows(prompt_lens: list[int], response_lens: list[int], pw: int, rw: 
     })
 
 
+def family_rows(families: list[tuple[int, list[int]]], pw: int, rw: int, seed: int,
+                extra: tuple[str, ...] = ()) -> Batch:
+    """Rollout-layout rows in families: (prompt length, [response lengths]); a family's rows share one prompt."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(len(lens) for _, lens in families)
+    input_ids = torch.zeros(n, pw + rw, dtype=torch.long)
+    attn = torch.zeros(n, pw + rw, dtype=torch.long)
+    i = 0
+    for pl, lens in families:
+        prompt = torch.randint(3, VOCAB, (pl,), generator=g)
+        for rl in lens:
+            input_ids[i, pw - pl:pw] = prompt
+            input_ids[i, pw:pw + rl] = torch.randint(3, VOCAB, (rl,), generator=g)
+            attn[i, pw - pl:pw + rl] = 1
+            i += 1
+    return Batch.from_dict({
+        "input_ids": input_ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
+        "responses": input_ids[:, pw:].clone(), "response_mask": attn[:, pw:].clone(),
+        **{key: torch.randn(n, rw, generator=g) for key in extra},
+    })
+
+
 def make_batch() -> Batch:
     """8 rows: left-padded prompts, right-padded responses, token ids never equal to pad (0)."""
     return rollout_rows(PROMPT_LENS, RESPONSE_LENS, P, R, seed=1, extra=("returns",))
@@ -349,6 +371,46 @@ def check_padding_removal(rank: int, path: str, tmp: str) -> None:
     dist.barrier()
 
 
+def make_family_batch() -> Batch:
+    """16 rows, 4 per rank-half family plus singletons: rank 0 gets families A (4 rows) and B (3) and a lone row,
+    rank 1 family C (5 rows, one of them a 1-token response) and D (3)."""
+    return family_rows([(5, [7, 1, 16, 3]), (12, [2, 16, 9]), (1, [4]), (3, [11, 1, 6, 14, 2]), (8, [5, 5, 12])],
+                       12, 16, seed=3, extra=("advantages",))
+
+
+def check_prompt_sharing(rank: int, path: str, tmp: str) -> None:
+    """Rows sharing a prompt, run as one packed row per family: log-probs, entropy, loss and gradients equal the
+    padded path's, with and without a budget that cuts family rows and splits micro-batches."""
+    from workers.engines.fsdp2 import FSDPEngine
+
+    batch = make_family_batch()
+    mine, real = my_rows(batch, rank), batch["response_mask"].bool()
+    plans = {"padded": dict(remove_padding=False), "shared": dict(share_prompts=True),
+             "shared, budget": dict(share_prompts=True, max_tokens_per_micro_batch=30),
+             "shared, budget, gathered once": dict(share_prompts=True, max_tokens_per_micro_batch=30, gather_once=True)}
+    engines = {name: FSDPEngine(engine_spec(path, "causal_lm", **over), optim_spec(), device=CPU)
+               for name, over in plans.items()}
+    # a 30-cell budget cuts rank 0's families A (5 + 27 cells) and B (12 + 27) into several rows and micro-batches
+    assert len(engines["shared, budget"]._micro_batches(mine, 8)) > 1
+    seen = {name: capture_grads(e) for name, e in engines.items()}
+    outs, metrics = {}, {}
+    for name, e in engines.items():
+        out = e.compute_log_probs(mine, temperature=0.8, micro_batch_size=8, with_entropy=True)
+        outs[name] = {k: gather_rows(v) for k, v in out.items()}
+        metrics[name] = e.train_mini_batch(mine, policy_like_loss, micro_batch_size=8, temperature=0.8,
+                                           with_entropy=True)
+    for name in plans:
+        if name == "padded":
+            continue
+        for key, value in outs[name].items():
+            assert (value - outs["padded"][key])[real].abs().max() <= 1e-5, (name, key)
+            assert not value[~real].any(), (name, key)
+        assert_close_dicts(seen[name], seen["padded"], atol=1e-5)
+        assert abs(metrics[name]["loss"] - metrics["padded"]["loss"]) <= 1e-5
+    assert metrics["padded"]["grad_norm"] > 0
+    dist.barrier()
+
+
 # --- tests ---------------------------------------------------------------------------------------
 
 
@@ -360,6 +422,11 @@ def test_forward_parity_value_reward_and_frozen(tmp_path):
 @pytest.mark.timeout(180)
 def test_padding_removal_and_token_budgets_match_the_padded_path(tmp_path):
     run_2_ranks("check_padding_removal", tmp_path)
+
+
+@pytest.mark.timeout(180)
+def test_prompt_sharing_matches_the_padded_path(tmp_path):
+    run_2_ranks("check_prompt_sharing", tmp_path)
 
 
 @pytest.mark.timeout(180)
@@ -380,6 +447,8 @@ def test_spec_validation():
         engine_spec("x", "policy")
     with pytest.raises(ValueError, match="dtype"):
         engine_spec("x", "causal_lm", param_dtype="bf16")
+    with pytest.raises(ValueError, match="share_prompts .* remove_padding"):
+        engine_spec("x", "causal_lm", share_prompts=True, remove_padding=False)
     with pytest.raises(ValueError, match="schedule"):
         optim_spec(schedule="linear")
     with pytest.raises(ValueError, match="warmup_steps"):

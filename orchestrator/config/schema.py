@@ -70,6 +70,7 @@ class ModelConfig:
     dtype: str = MISSING  # float32 | bfloat16 (parameter dtype of the training engine)
     gradient_checkpointing: bool = MISSING
     remove_padding: bool = MISSING  # FSDP2 forwards run on rows with their padding removed (workers/engines/compaction.py)
+    share_prompts: bool = MISSING  # FSDP2 causal-LM forwards compute a prompt once for all its rows (workers/engines/prompt_sharing.py)
     fsdp_gather_once: bool = MISSING  # FSDP2: weights gathered / grads reduced once per pass over micro-batches
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # what `baton sft` builds when it starts from scratch
 

@@ -7,6 +7,10 @@ lets short rows go many to a micro-batch and long rows few. Neither changes a re
 go back to the rows' order, and the training loss is normalised by global counts, so any split
 gives the same loss and gradient (workers/engines/fsdp2/train_step.py).
 
+With prompt sharing (workers/engines/prompt_sharing.py) rows are taken family by family instead,
+so a prompt's rows land in the same micro-batch and its prompt is computed once there; the budget
+is then counted in packed cells, with the same packing rule the forward uses.
+
 Every rank of a data-parallel group must run the same number of forwards (each all-gathers the
 weights). Under a token budget ranks may plan different counts, so all plan the group's largest
 count, splitting their own biggest micro-batches until they have as many.
@@ -17,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed import ProcessGroup
+
+from workers.engines.prompt_sharing import FamilyPacker
 
 
 def row_lengths(attention_mask: Tensor) -> Tensor:
@@ -45,6 +51,32 @@ def plan_rows(lengths: Tensor, micro_batch_size: int, max_tokens: int | None, *,
         else:
             plans.append([row])
             widest = width
+    return [torch.tensor(p, dtype=torch.long) for p in plans]
+
+
+def plan_family_rows(families: Tensor, prompts: Tensor, responses: Tensor, micro_batch_size: int,
+                     max_tokens: int | None, max_row_tokens: int | None) -> list[Tensor]:
+    """Row indices of each micro-batch for prompt-shared forwards: families with the most tokens first, each
+    family's rows together (longest response first), cut at micro_batch_size rows or max_tokens packed cells."""
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens}")
+    fam, prompt, response = families.tolist(), prompts.tolist(), responses.tolist()
+    total: dict[int, int] = {}
+    for b, f in enumerate(fam):
+        total[f] = total.get(f, prompt[b]) + response[b]
+    order = sorted(range(len(fam)), key=lambda b: (-total[fam[b]], fam[b], -response[b], b))
+    plans: list[list[int]] = []
+    packer = FamilyPacker(max_row_tokens)
+    for b in order:
+        fits = (plans and len(plans[-1]) < micro_batch_size
+                and (max_tokens is None or packer.cost_with(fam[b], prompt[b], response[b]) <= max_tokens))
+        if not fits:
+            plans.append([])
+            packer = FamilyPacker(max_row_tokens)
+        plans[-1].append(b)
+        packer.add(b, fam[b], prompt[b], response[b])
     return [torch.tensor(p, dtype=torch.long) for p in plans]
 
 

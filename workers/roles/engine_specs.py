@@ -47,6 +47,7 @@ def fsdp_spec(model_path: str, model_kind: str, model_cfg: DictConfig, *, seed: 
         cpu_offload=False,
         attn_implementation="sdpa",
         remove_padding=bool(model_cfg.remove_padding),
+        share_prompts=bool(model_cfg.share_prompts),
         max_tokens_per_micro_batch=max_tokens,
         gather_once=bool(model_cfg.fsdp_gather_once),
         seed=seed,

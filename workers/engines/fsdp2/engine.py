@@ -28,6 +28,7 @@ from workers.engines.fsdp2.gather_once import weights_gathered
 from workers.engines.fsdp2.optim import apply_hyperparameters, build_lr_scheduler, build_optimizer
 from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
 from workers.engines.fsdp2.train_step import loss_norm, train_mini_batch
+from workers.engines.prompt_sharing import DEFAULT_MAX_ROW_TOKENS
 
 
 class FSDPEngine(OffloadsWithOffloader):
@@ -76,7 +77,8 @@ class FSDPEngine(OffloadsWithOffloader):
         def forward(mb: Batch) -> dict[str, Tensor]:
             return model_forward(
                 self.module, self.spec.model_kind, mb, self.device, temperature=temperature, with_entropy=with_entropy,
-                remove_padding=self.spec.remove_padding,
+                remove_padding=self.spec.remove_padding, share_prompts=self._share_prompts,
+                max_row_tokens=self._max_row_tokens,
             )
 
         return forward
@@ -91,6 +93,14 @@ class FSDPEngine(OffloadsWithOffloader):
         return {k: torch.cat([o[k] for o in outs]).cpu()[back] for k in outs[0]}
 
     @property
+    def _share_prompts(self) -> bool:
+        return self.spec.share_prompts and self.spec.model_kind == "causal_lm"
+
+    @property
+    def _max_row_tokens(self) -> int:
+        return self.spec.max_tokens_per_micro_batch or DEFAULT_MAX_ROW_TOKENS
+
+    @property
     def _gather_once(self) -> bool:
         return self.spec.gather_once and not self.spec.cpu_offload  # offloaded weights stay sharded on the host
 
@@ -103,7 +113,9 @@ class FSDPEngine(OffloadsWithOffloader):
                              "reward-model training reads together; leave it null for this engine")
         return split_micro_batches(batch, micro_batch_size, self.dp_group, self.device,
                                    max_tokens=self.spec.max_tokens_per_micro_batch,
-                                   by_length=self.spec.remove_padding and not keep_order)
+                                   by_length=self.spec.remove_padding and not keep_order,
+                                   share_prompts=self._share_prompts and not keep_order,
+                                   max_row_tokens=self._max_row_tokens)
 
     def _require_kind(self, kind: str, what: str) -> None:
         if self.spec.model_kind != kind:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from workers.batch import Batch
 from workers.engines.chunked_logprobs import chunked_log_probs
 from workers.engines.compaction import Compacted, compact
+from workers.engines.prompt_sharing import SharedPrompts, share_prompts
 
 MODEL_INPUT_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids")
 # Positions scored in fp32 at once (workers/engines/chunked_logprobs.py): 1,024 x 151,936 vocab x 4 B = 0.6 GB.
@@ -44,15 +45,37 @@ def _response_cells(values: Tensor, column: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, values.gather(1, column), torch.zeros((), dtype=values.dtype, device=values.device))
 
 
+def _shared_log_probs(module: nn.Module, shared: SharedPrompts, responses: Tensor, *, temperature: float,
+                      with_entropy: bool, chunk_positions: int) -> dict[str, Tensor]:
+    """The prompt-shared forward (workers/engines/prompt_sharing.py), read back to [b, R]."""
+    first = int(torch.where(shared.valid, shared.column, shared.width - 1).min())
+    out = module(**shared.inputs, use_cache=False, logits_to_keep=shared.width - first)
+    logits = out.logits[shared.family[:, None], (shared.column - first).clamp(min=0)]  # [b, R, V]
+    scored = chunked_log_probs(logits, responses, temperature=temperature, with_entropy=with_entropy,
+                               chunk_positions=chunk_positions)
+    zero = torch.zeros((), device=responses.device)
+    return {k: torch.where(shared.valid, v, zero.to(v.dtype)) for k, v in scored.items()}
+
+
 def causal_lm_forward(
     module: nn.Module, batch: Batch, device: torch.device, *, temperature: float, with_entropy: bool,
-    remove_padding: bool = False, chunk_positions: int = LOGPROB_CHUNK_POSITIONS,
+    remove_padding: bool = False, chunk_positions: int = LOGPROB_CHUNK_POSITIONS, share: bool = False,
+    max_row_tokens: int | None = None,
 ) -> dict[str, Tensor]:
-    """log_probs [b, R] (and entropy [b, R]) in float32 from logits / temperature, chunk by chunk."""
+    """log_probs [b, R] (and entropy [b, R]) in float32 from logits / temperature, chunk by chunk.
+
+    share: rows with the same prompt run as one packed row each (workers/engines/prompt_sharing.py),
+    family rows cut at max_row_tokens; a micro-batch with nothing to share runs compacted."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (greedy rollouts score with 1.0), got {temperature}")
     responses = batch["responses"].to(device, non_blocking=True)
     r = responses.shape[1]
+    if share:
+        inputs = _inputs(batch, device)
+        shared = share_prompts(inputs, inputs["input_ids"].shape[1] - r, r, max_row_tokens)
+        if shared is not None:
+            return _shared_log_probs(module, shared, responses, temperature=temperature, with_entropy=with_entropy,
+                                     chunk_positions=chunk_positions)
     packed = _compacted(batch, device, remove_padding)
     if packed is None:
         out = module(**_inputs(batch, device), use_cache=False, logits_to_keep=r + 1)
@@ -124,8 +147,10 @@ def model_forward(
     temperature: float | None,
     with_entropy: bool,
     remove_padding: bool = False,
+    share_prompts: bool = False,
+    max_row_tokens: int | None = None,
 ) -> dict[str, Tensor]:
-    """The outputs a loss or a compute_* call needs for this model kind.
+    """The outputs a loss or a compute_* call needs for this model kind (share_prompts: causal LMs only).
 
     temperature/with_entropy belong to causal LMs only; other kinds must pass None/False so a
     config that sets them for a critic is caught rather than ignored.
@@ -134,7 +159,7 @@ def model_forward(
         if temperature is None:
             raise ValueError("a causal LM forward needs a temperature")
         return causal_lm_forward(module, batch, device, temperature=temperature, with_entropy=with_entropy,
-                                 remove_padding=remove_padding)
+                                 remove_padding=remove_padding, share=share_prompts, max_row_tokens=max_row_tokens)
     if temperature is not None or with_entropy:
         raise ValueError(f"temperature/with_entropy apply to causal LMs only, not model_kind {model_kind!r}")
     if model_kind == "value":

@@ -31,6 +31,8 @@ class FSDPEngineSpec:
     attn_implementation: HF attention kernel ("sdpa", "eager", "flash_attention_2").
     remove_padding: run forwards on rows shifted to drop their padding (workers/engines/compaction.py);
         outputs equal the padded path's, micro-batches are formed from rows of similar length.
+    share_prompts: causal LMs with remove_padding: rows with the same prompt run as one packed row,
+        the prompt computed once (workers/engines/prompt_sharing.py); same outputs.
     max_tokens_per_micro_batch: also cut micro-batches at this many tokens (rows x longest row,
         or x full width when padded); None: rows only. Same loss and gradients under any budget.
     gather_once: over several micro-batches, gather the weights once and reduce the gradients once
@@ -52,12 +54,15 @@ class FSDPEngineSpec:
     max_tokens_per_micro_batch: int | None
     gather_once: bool
     seed: int
+    share_prompts: bool = False
 
     def __post_init__(self) -> None:
         if self.model_kind not in MODEL_KINDS:
             raise ValueError(f"unknown model_kind {self.model_kind!r}; known: {', '.join(MODEL_KINDS)}")
         if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
             raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or None, got {self.max_tokens_per_micro_batch}")
+        if self.share_prompts and not self.remove_padding:
+            raise ValueError("share_prompts packs rows with their padding removed: it needs remove_padding=True")
         for name in ("master_dtype", "param_dtype", "reduce_dtype"):
             to_dtype(getattr(self, name))
 
