@@ -66,3 +66,26 @@ def test_uneven_result_rows_after_a_reordered_split_are_an_error_not_a_silent_sh
     returned = Batch.from_dict({"x": torch.arange(5)})
     with pytest.raises(ValueError, match=r"actor.f\(\): returned \[3, 2\] rows per rank for 4 input rows"):
         restore_rows(returned, [3, 2], order, pad=0, what="actor.f()")
+
+
+def test_a_prompts_rows_go_to_one_rank_and_the_ranks_stay_balanced():
+    rng = random.Random(7)
+    groups = [f"p{g}" for g in range(16) for _ in range(8)]  # 16 prompts x 8 samples, as the default job
+    tokens = [rng.randint(6, 40) for _ in groups]
+    order = balanced_order(tokens, 2, groups)
+    assert sorted(order) == list(range(128))
+    halves = [set(groups[i] for i in order[:64]), set(groups[i] for i in order[64:])]
+    assert not halves[0] & halves[1]  # no prompt split across ranks
+    mean = sum(tokens) / 2
+    assert all(abs(s - mean) <= 0.10 * mean for s in _part_sums(tokens, order, 2))
+
+
+def test_distinct_groups_split_exactly_as_rows_do_and_units_that_fit_nowhere_go_row_by_row():
+    rng = random.Random(3)
+    tokens = [rng.randint(1, 500) for _ in range(24)]
+    assert balanced_order(tokens, 3, [f"u{i}" for i in range(24)]) == balanced_order(tokens, 3)
+    groups = ["big"] * 10 + [f"u{i}" for i in range(10)]  # 10 rows of one prompt cannot fit a 5-row rank
+    order = balanced_order(tokens[:20], 4, groups)
+    assert sorted(order) == list(range(20)) and all(len(order[p * 5:(p + 1) * 5]) == 5 for p in range(4))
+    with pytest.raises(ValueError, match="3 group keys for 4 rows"):
+        balanced_order([1, 2, 3, 4], 2, ["a", "b", "c"])

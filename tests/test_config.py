@@ -28,6 +28,7 @@ BAD = [
     (["rollout.name=sglang"], "rollout.name", "'sglang' is not one of: builtin, vllm"),
     (["cluster.placement=spread"], "cluster.placement", "'spread' is not one of: colocated, split"),
     (["rollout.top_p=1.5"], "rollout.top_p", "must be in (0, 1]"),
+    (["model.remove_padding=false"], "model.share_prompts", "needs model.remove_padding=true"),
     (["actor.policy_loss.name=trpo"], "actor.policy_loss.name", "'trpo' is not one of"),
     (["algorithm.adv_estimator=vtrace"], "algorithm.adv_estimator", "'vtrace' is not one of"),
     (["actor.loss_agg_mode=token_sum"], "actor.loss_agg_mode", "'token_sum' is not one of"),

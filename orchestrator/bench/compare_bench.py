@@ -40,14 +40,18 @@ SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
         "megatron pp2": ["backend=megatron", "actor.megatron.pipeline_model_parallel_size=2"],
     }),
     "padding": ("training forwards", "Padding removal and token budgets on the default job", {
-        "padded": ["model.remove_padding=false", *NO_BUDGETS],
-        "padding removed": ["model.remove_padding=true", *NO_BUDGETS],
-        "removed + 1024-token budgets, gathered per micro-batch": ["model.fsdp_gather_once=false"],
-        "removed + 1024-token budgets (default)": [],
+        "padded": ["model.remove_padding=false", "model.share_prompts=false", *NO_BUDGETS],
+        "padding removed": ["model.remove_padding=true", "model.share_prompts=false", *NO_BUDGETS],
+        "removed + 1024-token budgets, gathered per micro-batch": ["model.fsdp_gather_once=false",
+                                                                   "model.share_prompts=false"],
+        "removed + 1024-token budgets": ["model.share_prompts=false"],
+        "removed + budgets + prompt sharing (default)": [],
     }),
     "throughput": ("job", "The default job before and after the throughput work (issue 14)", {
         "before: padded rows, whole micro-batches, old log-probs recomputed": [
-            "model.remove_padding=false", *NO_BUDGETS, "algorithm.rollout_correction.mode=none"],
+            "model.remove_padding=false", "model.share_prompts=false", *NO_BUDGETS,
+            "algorithm.rollout_correction.mode=none"],
+        "2026-12-01 defaults: no prompt sharing": ["model.share_prompts=false"],
         "now: the defaults": [],
     }),
     "precision": ("training dtype", "bf16 autocast vs fp32 on the default job", {

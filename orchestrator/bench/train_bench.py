@@ -3,8 +3,9 @@
 Not a test: `baton bench train [--shapes 16x24,64x192] [--rows 64] [--write]`. For each shape
 (prompt width x response width) one batch is drawn with real lengths uniform in [1, width] (the
 default job's rollouts fill about half of their row), and three FSDP2 engines on the same weights
-run it in turn, `repeats` rounds: padded (model.remove_padding=false), padding removed, and removed
-with a token budget per micro-batch. Reported per engine and pass (log-probs: forward only; update:
+run it in turn, `repeats` rounds: padded (model.remove_padding=false), padding removed, removed with a
+token budget per micro-batch, and that with prompt sharing (model.share_prompts). With `--group-size n`
+rows come n to a prompt, as GRPO samples them (the default job: 8); sharing needs n > 1. Reported per engine and pass (log-probs: forward only; update:
 forward + backward + optimizer step):
 
 - real tok/s: attended tokens / seconds, the throughput a user gets;
@@ -33,11 +34,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "padded": {"remove_padding": False, "max_tokens_per_micro_batch": None, "gather_once": True},
     "removed": {"remove_padding": True, "max_tokens_per_micro_batch": None, "gather_once": True},
     "removed+budget": {"remove_padding": True, "max_tokens_per_micro_batch": 512, "gather_once": True},
+    "removed+budget+shared": {"remove_padding": True, "max_tokens_per_micro_batch": 512, "gather_once": True,
+                              "share_prompts": True},
 }
 
 
-def make_batch(rows: int, prompt_width: int, response_width: int, vocab: int, seed: int) -> Any:
-    """Rollout-layout rows with real prompt/response lengths uniform in [1, width]."""
+def make_batch(rows: int, prompt_width: int, response_width: int, vocab: int, seed: int, group: int = 1) -> Any:
+    """Rollout-layout rows with real prompt/response lengths uniform in [1, width]; each run of `group`
+    rows shares one prompt (GRPO's n samples of a prompt)."""
     from workers.batch import Batch
 
     g = torch.Generator().manual_seed(seed)
@@ -45,9 +49,12 @@ def make_batch(rows: int, prompt_width: int, response_width: int, vocab: int, se
     ids = torch.zeros(rows, width, dtype=torch.long)
     attn = torch.zeros(rows, width, dtype=torch.long)
     for i in range(rows):
-        pl = int(torch.randint(1, prompt_width + 1, (1,), generator=g))
+        if i % group == 0:
+            pl = int(torch.randint(1, prompt_width + 1, (1,), generator=g))
+            prompt = torch.randint(3, vocab, (pl,), generator=g)
         rl = int(torch.randint(1, response_width + 1, (1,), generator=g))
-        ids[i, prompt_width - pl:prompt_width + rl] = torch.randint(3, vocab, (pl + rl,), generator=g)
+        ids[i, prompt_width - pl:prompt_width] = prompt
+        ids[i, prompt_width:prompt_width + rl] = torch.randint(3, vocab, (rl,), generator=g)
         attn[i, prompt_width - pl:prompt_width + rl] = 1
     return Batch.from_dict({
         "input_ids": ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
@@ -68,7 +75,7 @@ def _engine(path: Path, over: dict[str, Any]) -> Any:
 
 
 def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats: int, threads: int,
-        layouts: bool = False) -> list[dict]:
+        layouts: bool = False, group: int = 1) -> list[dict]:
     from orchestrator.assets.tiny_model import build_tiny_model
     from workers.losses.sft import sft_loss
 
@@ -92,7 +99,7 @@ def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats
             table = []
             for prompt_width, response_width in shapes:
                 batch = make_batch(rows, prompt_width, response_width, vocab=vocab,
-                                   seed=prompt_width * 1000 + response_width)
+                                   seed=prompt_width * 1000 + response_width, group=group)
                 real = int(batch["attention_mask"].sum())
                 passes = {
                     "log-probs": (2, lambda e: e.compute_log_probs(batch, temperature=1.0, micro_batch_size=micro_batch_size,
@@ -219,19 +226,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a Ray actor gets 1)")
     parser.add_argument("--layouts", action="store_true",
                         help="also time padded vs compacted vs packed (block-diagonal SDPA mask) rows on the plain model")
+    parser.add_argument("--group-size", type=int, default=1, help="rows per prompt (GRPO's n; the default job: 8)")
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args(argv)
+    if args.group_size < 1:
+        raise SystemExit("bench train: --group-size must be >= 1")
     shapes = [_shape(s) for s in args.shapes.split(",")]
-    table = render(run(shapes, args.rows, args.micro_batch_size, args.repeats, args.threads, args.layouts))
+    table = render(run(shapes, args.rows, args.micro_batch_size, args.repeats, args.threads, args.layouts,
+                       args.group_size))
     print(table)
     if args.write:
         from orchestrator.bench.variants import append_section
 
         command = (f"baton bench train --shapes {args.shapes} --rows {args.rows} --micro-batch-size "
                    f"{args.micro_batch_size} --repeats {args.repeats} --threads {args.threads}"
-                   + (" --layouts" if args.layouts else ""))
+                   + (" --layouts" if args.layouts else "") + f" --group-size {args.group_size}")
         append_section("Training throughput: padded vs padding removed (`baton bench train`)", command,
-                       "FSDP2, one rank, the tiny model's shape; real lengths uniform in [1, width]; median of "
+                       f"FSDP2, one rank, the tiny model's shape; real lengths uniform in [1, width], {args.group_size} "
+                       "row(s) per prompt; median of "
                        "the repeats, variants interleaved; MFU against the measured matmul peak.", table)
 
 

@@ -139,6 +139,14 @@ def _token_budgets(cfg: DictConfig) -> None:
 
 
 @check
+def _prompt_sharing(cfg: DictConfig) -> None:
+    """Prompt sharing packs rows with their padding removed (workers/engines/prompt_sharing.py)."""
+    if cfg.model.share_prompts and not cfg.model.remove_padding:
+        raise ConfigError("model.share_prompts", "packs rows with their padding removed: it needs "
+                          "model.remove_padding=true; set model.share_prompts=false to run padded rows")
+
+
+@check
 def _megatron_layout(cfg: DictConfig) -> None:
     """What can be checked without the model files (heads and layers: check_model_paths)."""
     _one_of("trainer.backend", cfg.trainer.backend, ["fsdp2", "megatron"])

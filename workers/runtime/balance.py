@@ -5,29 +5,62 @@ tokens while the others wait at the next collective. The split keeps equal row c
 rank must run the same micro-batches) but chooses which rows: largest first, each to the rank
 with the fewest tokens that still has room. Each rank's rows keep their relative order, and
 `restore_rows` puts the results back in the input's order, so callers never see the shuffle.
+
+With `groups` (the rows' prompt uids) a prompt's rows go to one rank together wherever the groups fit,
+so the training forwards can compute that prompt once for all of them
+(workers/engines/prompt_sharing.py); a batch of distinct uids (generate's prompts) is split exactly as
+without them.
 """
 from __future__ import annotations
 
 import heapq
+from collections.abc import Hashable, Sequence
 
 import torch
 
 from workers.batch import Batch
 
 
-def balanced_order(tokens: list[int], parts: int) -> list[int]:
-    """A permutation of the rows; its `parts` consecutive equal chunks have nearly equal token sums."""
+def balanced_order(tokens: list[int], parts: int, groups: Sequence[Hashable] | None = None) -> list[int]:
+    """A permutation of the rows; its `parts` consecutive equal chunks have nearly equal token sums.
+
+    groups: a key per row; rows with one key are placed as a unit (largest unit first, on the part
+    with the fewest tokens that has room for all of it); units that fit nowhere are placed row by row."""
     if len(tokens) % parts:
         raise ValueError(f"balanced_order: {len(tokens)} rows do not split into {parts} equal parts")
+    if groups is not None and len(groups) != len(tokens):
+        raise ValueError(f"balanced_order: {len(groups)} group keys for {len(tokens)} rows")
     size = len(tokens) // parts
-    heap = [(0, part) for part in range(parts)]  # (tokens so far, part); full parts leave the heap
     chunks: list[list[int]] = [[] for _ in range(parts)]
-    for row in sorted(range(len(tokens)), key=lambda i: (-tokens[i], i)):
+    totals = [0] * parts
+    loose: list[int] = []
+    units = _units(groups, len(tokens)) if groups is not None else []
+    if any(len(unit) > 1 for unit in units):
+        for unit in sorted(units, key=lambda u: (-sum(tokens[i] for i in u), u[0])):
+            room = [p for p in range(parts) if len(chunks[p]) + len(unit) <= size]
+            if not room:
+                loose.extend(unit)
+                continue
+            part = min(room, key=lambda p: (totals[p], p))
+            chunks[part].extend(unit)
+            totals[part] += sum(tokens[i] for i in unit)
+    else:
+        loose = list(range(len(tokens)))
+    heap = [(totals[part], part) for part in range(parts) if len(chunks[part]) < size]  # full parts stay out
+    heapq.heapify(heap)
+    for row in sorted(loose, key=lambda i: (-tokens[i], i)):
         total, part = heapq.heappop(heap)
         chunks[part].append(row)
         if len(chunks[part]) < size:
             heapq.heappush(heap, (total + tokens[row], part))
     return [row for chunk in chunks for row in sorted(chunk)]
+
+
+def _units(groups: Sequence[Hashable], rows: int) -> list[list[int]]:
+    units: dict[Hashable, list[int]] = {}
+    for row in range(rows):
+        units.setdefault(groups[row], []).append(row)
+    return list(units.values())
 
 
 def inverse(order: list[int]) -> list[int]:

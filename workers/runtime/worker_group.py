@@ -203,7 +203,9 @@ class WorkerGroup:
             raise TypeError(f"{self.role}.{method}() is data-parallel but got no Batch argument")
         padded, pad = batches[0].pad_to_divisor(dp_size)
         # rows with an attention mask are spread by tokens (workers/runtime/balance.py), others in order
-        order = (balanced_order(padded["attention_mask"].sum(dim=-1).tolist(), dp_size)
+        # a prompt's rows (one uid) stay on one rank where they fit: its training forwards then share the prompt
+        uids = list(padded.non_tensors["uid"]) if "uid" in padded.non_tensors else None
+        order = (balanced_order(padded["attention_mask"].sum(dim=-1).tolist(), dp_size, uids)
                  if "attention_mask" in padded else list(range(len(padded))))
         order_t = torch.tensor(order)
 
