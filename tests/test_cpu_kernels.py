@@ -2,7 +2,7 @@
 
 The extension is compiled once per machine (~30 s, cached under TORCH_EXTENSIONS_DIR); every
 test here uses the real compiled kernels. Models are tiny random Qwen2 configs with head_dim 32
-(the kernels need head_dim a multiple of 32).
+(the kernels need head_dim a multiple of two vectors: 32 floats with AVX-512, 16 with AVX2).
 
 Log-prob tolerance is 1e-4, not the torch path's 1e-5: oneDNN's packed GEMMs and the fused
 loops sum in a different order than MKL and torch's kernels. With these peaked test models
@@ -26,10 +26,13 @@ from test_builtin_rollout import params as builtin_params
 from test_builtin_rollout import prompts as builtin_prompts
 from workers.rollout.base import SamplingParams
 from workers.rollout.builtin import BuiltinRolloutEngine
-from workers.rollout.builtin.cpu_kernels import FusedCpuDecoder, load_extension
+from workers.rollout.builtin.cpu_kernels import (CppKernelsUnavailable, FusedCpuDecoder, bf16_matmul_supported,
+                                                  load_extension)
 from workers.rollout.builtin.kv_cache import KVCache
 
 pytestmark = pytest.mark.timeout(300)
+# oneDNN packs bf16 weights only on CPUs with AVX-512 BW/VL/DQ or AVX-NE-CONVERT (not on AVX2-only ones)
+needs_bf16_matmul = pytest.mark.skipif(not bf16_matmul_supported(), reason="this CPU has no oneDNN bf16 matmul")
 
 
 def make_hf(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> Qwen2ForCausalLM:
@@ -91,6 +94,7 @@ def test_cpp_log_probs_equal_training_forward():
     assert (out["rollout_log_probs"] - want).abs().max().item() <= 1e-4
 
 
+@needs_bf16_matmul
 def test_cpp_bf16_close_to_torch_bf16():
     """bf16 rounds at the same points as the torch path: the first greedy token of every row agrees and its
     log-prob is within bf16 noise (later tokens may part ways at a near-tie, then differ for good)."""
@@ -127,6 +131,7 @@ def _logits_per_step(step, model, ids, valid, feed, kernel_layout: bool) -> torc
     return torch.stack(out)
 
 
+@needs_bf16_matmul
 @pytest.mark.parametrize("paired", [True, False], ids=["avx512-bf16-pairs", "portable-vectors"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_cpp_bf16_as_accurate_as_torch_bf16(paired, seed):
@@ -167,10 +172,18 @@ def test_cpp_sees_new_weights_after_load_weights():
 
 
 def test_cpp_rejects_unsupported_head_dim():
-    hf = make_hf(hidden_size=64)  # 4 heads -> head_dim 16
+    hf = make_hf(hidden_size=32)  # 4 heads -> head_dim 8: below one vector pair on AVX2 (16) and AVX-512 (32)
     ids, mask = prompts()
-    with pytest.raises(RuntimeError, match="head_dim 16 must be a multiple of"):
+    with pytest.raises(RuntimeError, match="head_dim 8 must be a multiple of"):
         engine(hf, "cpp").generate_tensors(ids, mask, params())
+
+
+@pytest.mark.skipif(bf16_matmul_supported(), reason="this CPU has oneDNN bf16 matmuls: the bf16 path runs")
+def test_cpp_bf16_on_a_cpu_without_bf16_matmuls_says_which_keys_to_change():
+    hf = make_hf(dtype=torch.bfloat16)
+    model = engine(hf, "torch", "bfloat16").model
+    with pytest.raises(CppKernelsUnavailable, match="rollout.dtype=float32, or rollout.kernels=torch"):
+        FusedCpuDecoder(model, 8)
 
 
 @pytest.mark.parametrize("override,match", [

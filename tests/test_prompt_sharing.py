@@ -107,3 +107,13 @@ def test_a_packer_cost_counts_packed_rows_times_the_longest():
     assert packer.cost_with(7, 4, 5) == 2 * 9  # 4 + 3 + 5 > 10: a new row of 9
     packer.add(1, family=7, prompt=4, response=5)
     assert packer.rows == [[0], [1]] and packer.cost() == 18
+
+
+def test_computed_tokens_count_each_uids_prompt_once():
+    from workers.engines.prompt_sharing import computed_tokens
+
+    batch = family_rows([(5, [7, 1]), (12, [2, 16, 9]), (1, [4])], PW, RW, seed=6)
+    uids = ["a", "a", "b", "b", "b", "c"]
+    attended = int(batch["attention_mask"].sum())
+    assert computed_tokens(batch["attention_mask"], PW, uids) == attended - 5 - 2 * 12
+    assert computed_tokens(batch["attention_mask"], PW, [str(i) for i in range(6)]) == attended

@@ -49,12 +49,13 @@ def make_batch(rows: int, prompt_width: int, response_width: int, vocab: int, se
     ids = torch.zeros(rows, width, dtype=torch.long)
     attn = torch.zeros(rows, width, dtype=torch.long)
     for i in range(rows):
-        if i % group == 0:
-            pl = int(torch.randint(1, prompt_width + 1, (1,), generator=g))
-            prompt = torch.randint(3, vocab, (pl,), generator=g)
+        drawn = int(torch.randint(1, prompt_width + 1, (1,), generator=g))
         rl = int(torch.randint(1, response_width + 1, (1,), generator=g))
+        tokens = torch.randint(3, vocab, (drawn + rl,), generator=g)
+        if i % group == 0:  # a new prompt; the rest of its group reuses it
+            pl, prompt = drawn, tokens[:drawn]
         ids[i, prompt_width - pl:prompt_width] = prompt
-        ids[i, prompt_width:prompt_width + rl] = torch.randint(3, vocab, (rl,), generator=g)
+        ids[i, prompt_width:prompt_width + rl] = tokens[drawn:]
         attn[i, prompt_width - pl:prompt_width + rl] = 1
     return Batch.from_dict({
         "input_ids": ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),

@@ -6,7 +6,9 @@ Convention (the PaLM-style MFU, which counts the work the model needs, not what 
 - forward: 2 N FLOPs per token; forward + backward: 6 N. The attention score/value term (~4 x layers x
   hidden x context per token) is left out, as is usual at these short contexts.
 - Tokens: generation counts generated tokens; training-side phases count every attended token
-  (prompt and response), which is what their forwards process.
+  (prompt and response), which is what their forwards process, except that with prompt sharing
+  (model.share_prompts) the actor's and ref's forwards compute a prompt once per uid, and MFU counts
+  that (`perf/tokens_per_s` stays per attended token: the throughput a user gets).
 - Peak: the best fp32 FLOP/s of a square matmul measured here with one torch thread, times the number of
   worker ranks that ran the phase (each Ray worker gets one thread on CPU). On GPU clusters the driver cannot measure the
   workers' device, so MFU is not reported there (`peak_flops` returns None).

@@ -33,11 +33,13 @@ from orchestrator.trainer.roles import Roles
 from orchestrator.trainer.schedules import make_schedule
 from orchestrator.trainer.sync_check import check_rollout_matches_trainer
 from workers.batch import Batch
+from workers.engines.prompt_sharing import computed_tokens
 from workers.rollout.base import SamplingParams
 from workers.rollout.layout import concat_rollouts
 
 log = logging.getLogger("baton.trainer")
 TRAINING_PHASES = ("old_log_prob", "ref", "values", "update_critic", "update_actor")  # whole-row forwards
+POLICY_PHASES = ("old_log_prob", "ref", "update_actor")  # causal-LM forwards: they share prompts (model.share_prompts)
 
 
 def mean_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
@@ -229,7 +231,8 @@ class RLTrainer:
         with phase_timer("sync", m):
             m.update(self.roles.sync_weights(self.step))
         self.policy_version = self.step
-        self.record_throughput(m, generated=tokens, attended=float(batch["attention_mask"].sum()))
+        self.record_throughput(m, generated=tokens, attended=float(batch["attention_mask"].sum()),
+                               policy_computed=self.policy_tokens_computed(batch))
         self.last_batch = batch
         return m
 
@@ -239,14 +242,26 @@ class RLTrainer:
         m["async/staleness_mean"], m["async/staleness_max"] = float(behind.mean()), float(behind.max())
         return bool(behind.max() > 0)
 
-    def record_throughput(self, m: dict[str, float], *, generated: float, attended: float) -> None:
+    def policy_tokens_computed(self, batch: Batch) -> float:
+        """Tokens the actor's and ref's forwards compute: with prompt sharing (FSDP2) each prompt once per uid."""
+        if not (self.cfg.model.share_prompts and self.cfg.trainer.backend == "fsdp2" and "uid" in batch.non_tensors):
+            return float(batch["attention_mask"].sum())
+        prompt_width = batch["input_ids"].shape[1] - batch["responses"].shape[1]
+        return float(computed_tokens(batch["attention_mask"], prompt_width, list(batch.non_tensors["uid"])))
+
+    def record_throughput(self, m: dict[str, float], *, generated: float, attended: float,
+                          policy_computed: float | None = None) -> None:
         """`perf/tokens_per_s/<phase>` and `perf/mfu/<phase>` (see orchestrator/tracking/flops.py): generation
-        counts generated tokens, training-side phases every attended token (their forwards process them all)."""
+        counts generated tokens, training-side phases every attended token (the throughput a user gets); MFU
+        counts the tokens the forwards compute, which with prompt sharing is each prompt once per uid for
+        the causal-LM phases (`policy_computed`)."""
         for phase in ("generate", *TRAINING_PHASES):
             if timing_key(phase) not in m or (phase == "generate" and m.get("async/overlapped")):
                 continue
             rate = throughput(m, phase, generated if phase == "generate" else attended)
             ranks = (self.rollout if phase == "generate" else self.actor).world_size
+            if phase in POLICY_PHASES and policy_computed is not None and attended > 0:
+                rate *= policy_computed / attended
             mfu = self.flops.mfu(phase, rate, ranks)
             if mfu is not None:
                 m[f"{MFU_PREFIX}{phase}"] = mfu

@@ -160,3 +160,17 @@ def share_prompts(inputs: dict[str, Tensor], prompt_width: int, response_width: 
         inputs={"input_ids": packed_ids, "attention_mask": allowed[:, None], "position_ids": packed_pos},
         family=torch.tensor(family_of, device=device), column=column.clamp(0, width - 1), valid=valid,
     )
+
+
+def computed_tokens(attention_mask: Tensor, prompt_width: int, uids: list) -> int:
+    """Tokens the prompt-shared forwards compute for a batch: each uid's prompt once, every response token
+    (what MFU counts as the model's work; a family cut at the row cap computes its prompt once more)."""
+    attended = int((attention_mask > 0).sum())
+    prompt = (attention_mask[:, :prompt_width] > 0).sum(dim=1).tolist()
+    seen: set = set()
+    repeated = 0
+    for uid, length in zip(uids, prompt):
+        if uid in seen:
+            repeated += length
+        seen.add(uid)
+    return attended - repeated

@@ -64,6 +64,11 @@ def load_extension(verbose: bool = False) -> ModuleType:
         return _module
 
 
+def bf16_matmul_supported() -> bool:
+    """Whether oneDNN runs bf16 matmuls on this CPU (it refuses to pack bf16 weights otherwise, e.g. on AVX2)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _packed(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:
     """oneDNN's blocked layout for `weight` [out, in]: packed once per weight load instead of per matmul."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
@@ -81,6 +86,10 @@ class FusedCpuDecoder:
         portable vector loops, which tests use to cover the path other CPUs take)."""
         if model.embed.device.type != "cpu":
             raise CppKernelsUnavailable(f"builtin rollout kernels=cpp runs on CPU only, model is on {model.embed.device}")
+        if model.embed.dtype == torch.bfloat16 and not bf16_matmul_supported():
+            raise CppKernelsUnavailable(
+                "builtin rollout kernels=cpp: bf16 weights need oneDNN's bf16 matmul, which this CPU lacks (it needs "
+                "AVX-512 BW/VL/DQ or AVX-NE-CONVERT); set rollout.dtype=float32, or rollout.kernels=torch")
         self.model = model
         self.max_batch = max_batch
         self._ext = load_extension()
