@@ -2,16 +2,17 @@
 
 Not a test: `baton bench train [--shapes 16x24,64x192] [--rows 64] [--write]`. For each shape
 (prompt width x response width) one batch is drawn with real lengths uniform in [1, width] (the
-default job's rollouts fill about half of their row), and three FSDP2 engines on the same weights
+default job's rollouts fill about half of their row), and four FSDP2 engines on the same weights
 run it in turn, `repeats` rounds: padded (model.remove_padding=false), padding removed, removed with a
 token budget per micro-batch, and that with prompt sharing (model.share_prompts). With `--group-size n`
-rows come n to a prompt, as GRPO samples them (the default job: 8); sharing needs n > 1. Reported per engine and pass (log-probs: forward only; update:
-forward + backward + optimizer step):
+rows come n to a prompt, as GRPO samples them (the default job: 8); sharing needs n > 1. Reported per
+engine and pass (log-probs: forward only; update: forward + backward + optimizer step):
 
 - real tok/s: attended tokens / seconds, the throughput a user gets;
-- MFU: model FLOPs on the real tokens (2 N per token forward, 6 N with backward, N and the rest of
-  the convention as in orchestrator/tracking/flops.py) / seconds / this machine's measured peak: the
-  best fp32 GFLOP/s of a 1024^2 matmul on the same threads in this process, measured first.
+- MFU: model FLOPs on the tokens the forward computes (the real tokens; with prompt sharing each
+  prompt once per group) (2 N per token forward, 6 N with backward, N and the rest of the convention
+  as in orchestrator/tracking/flops.py) / seconds / this machine's measured peak: the best fp32
+  GFLOP/s of a 1024^2 matmul on the same threads in this process, measured first.
 
 One rank, one torch thread by default (what each Ray actor gets), the shipped tiny model's shape.
 """
@@ -78,6 +79,7 @@ def _engine(path: Path, over: dict[str, Any]) -> Any:
 def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats: int, threads: int,
         layouts: bool = False, group: int = 1) -> list[dict]:
     from orchestrator.assets.tiny_model import build_tiny_model
+    from workers.engines.prompt_sharing import computed_tokens
     from workers.losses.sft import sft_loss
 
     from orchestrator.tracking.flops import matmul_params, matmul_peak_flops
@@ -102,6 +104,7 @@ def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats
                 batch = make_batch(rows, prompt_width, response_width, vocab=vocab,
                                    seed=prompt_width * 1000 + response_width, group=group)
                 real = int(batch["attention_mask"].sum())
+                shared = computed_tokens(batch["attention_mask"], prompt_width, [i // group for i in range(rows)])
                 passes = {
                     "log-probs": (2, lambda e: e.compute_log_probs(batch, temperature=1.0, micro_batch_size=micro_batch_size,
                                                                    with_entropy=False)),
@@ -115,7 +118,8 @@ def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats
                                       "variant": name, "seconds": seconds, "real_tokens": real,
                                       "row_tokens": rows * (prompt_width + response_width),
                                       "tok_s": real / seconds,
-                                      "mfu": flops_per_param * params * real / seconds / (peak * 1e9),
+                                      "mfu": flops_per_param * params * (shared if VARIANTS[name].get("share_prompts")
+                                                                         else real) / seconds / (peak * 1e9),
                                       "speedup": times["padded"] / seconds})
                 if layouts:
                     times = run_layouts(path, batch, micro_batch_size, LAYOUT_BUDGET, repeats)

@@ -30,13 +30,17 @@ def row_lengths(attention_mask: Tensor) -> Tensor:
     return (attention_mask > 0).sum(dim=1)
 
 
-def plan_rows(lengths: Tensor, micro_batch_size: int, max_tokens: int | None, *, sort: bool) -> list[Tensor]:
-    """Row indices of each micro-batch: rows in length order (if `sort`), cut when the next row would
-    exceed micro_batch_size rows or max_tokens = rows x longest row (a lone row may exceed it)."""
+def _check_limits(micro_batch_size: int, max_tokens: int | None) -> None:
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens}")
+
+
+def plan_rows(lengths: Tensor, micro_batch_size: int, max_tokens: int | None, *, sort: bool) -> list[Tensor]:
+    """Row indices of each micro-batch: rows in length order (if `sort`), cut when the next row would
+    exceed micro_batch_size rows or max_tokens = rows x longest row (a lone row may exceed it)."""
+    _check_limits(micro_batch_size, max_tokens)
     order = torch.argsort(lengths, descending=True, stable=True) if sort else torch.arange(len(lengths))
     plans: list[list[int]] = []
     widest = 0
@@ -58,10 +62,7 @@ def plan_family_rows(families: Tensor, prompts: Tensor, responses: Tensor, micro
                      max_tokens: int | None, max_row_tokens: int | None) -> list[Tensor]:
     """Row indices of each micro-batch for prompt-shared forwards: families with the most tokens first, each
     family's rows together (longest response first), cut at micro_batch_size rows or max_tokens packed cells."""
-    if micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens}")
+    _check_limits(micro_batch_size, max_tokens)
     fam, prompt, response = families.tolist(), prompts.tolist(), responses.tolist()
     total: dict[int, int] = {}
     for b, f in enumerate(fam):

@@ -10,11 +10,12 @@ saw in its own row: log-probs equal the padded path's (to float rounding), and i
 prompt's gradient is the sum of its n responses' contributions, as with n separate rows.
 
 What it costs: attention over a family row is dense over its length (SDPA computes masked cells,
-it does not skip them), so a family row is cut at `max_row_tokens` (the engine's token budget, else 2,048); and a 4-D boolean mask turns
-off the flash kernels on GPU, where a varlen/FlexAttention path would be the right tool. Hence on
-for the CPU tiny model (configs/model/tiny.yaml: the training forwards ~1.3x faster, `baton bench
-train --shared`), off in configs/model/hf.yaml. This is prefix sharing in the training forward
-(the rollout engines already prefill a prompt once per group).
+it does not skip them), so a family row is cut at `max_row_tokens` (the engine's token budget, else
+2,048); and a 4-D boolean mask turns off the flash kernels on GPU, where a varlen/FlexAttention path
+would be the right tool. Hence on for the CPU tiny model (configs/model/tiny.yaml; `baton bench train
+--group-size 8` and `baton bench throughput` measure it, BENCHMARKS.md), off in configs/model/hf.yaml.
+This is prefix sharing in the training forward (the rollout engines already prefill a prompt once per
+group).
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from typing import Iterator
 import torch
 
 from workers.batch import Batch
+from workers.runtime.balance import rows_by_key
 
 
 def mini_batches(batch: Batch, *, num_mini: int, epochs: int, shuffle: bool,
@@ -28,10 +29,7 @@ def _shuffled(batch: Batch, generator: torch.Generator) -> torch.Tensor:
     """A random row order that keeps each uid's rows together (in their order), when the batch has uids."""
     if "uid" not in batch.non_tensors:
         return torch.randperm(len(batch), generator=generator)
-    units: dict[object, list[int]] = {}
-    for row, uid in enumerate(batch.non_tensors["uid"]):
-        units.setdefault(uid, []).append(row)
-    groups = list(units.values())
+    groups = rows_by_key(list(batch.non_tensors["uid"]))
     return torch.tensor([row for g in torch.randperm(len(groups), generator=generator).tolist() for row in groups[g]],
                         dtype=torch.long)
 

@@ -34,7 +34,7 @@ def balanced_order(tokens: list[int], parts: int, groups: Sequence[Hashable] | N
     chunks: list[list[int]] = [[] for _ in range(parts)]
     totals = [0] * parts
     loose: list[int] = []
-    units = _units(groups, len(tokens)) if groups is not None else []
+    units = rows_by_key(groups) if groups is not None else []
     if any(len(unit) > 1 for unit in units):
         for unit in sorted(units, key=lambda u: (-sum(tokens[i] for i in u), u[0])):
             room = [p for p in range(parts) if len(chunks[p]) + len(unit) <= size]
@@ -56,10 +56,11 @@ def balanced_order(tokens: list[int], parts: int, groups: Sequence[Hashable] | N
     return [row for chunk in chunks for row in sorted(chunk)]
 
 
-def _units(groups: Sequence[Hashable], rows: int) -> list[list[int]]:
+def rows_by_key(keys: Sequence[Hashable]) -> list[list[int]]:
+    """Row indices per distinct key (e.g. a prompt's uid), keys in first-seen order, rows in order."""
     units: dict[Hashable, list[int]] = {}
-    for row in range(rows):
-        units.setdefault(groups[row], []).append(row)
+    for row, key in enumerate(keys):
+        units.setdefault(key, []).append(row)
     return list(units.values())
 
 
