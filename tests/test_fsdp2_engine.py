@@ -333,14 +333,17 @@ def policy_like_loss(outputs, mb, norm: LossNorm):
 
 
 def check_padding_removal(rank: int, path: str, tmp: str) -> None:
-    """Padding removed == padded (log-probs, entropy, values, scores, gradients) under any micro-batch plan."""
+    """Padding removed (compacted or varlen-packed) == padded (log-probs, entropy, values, scores, gradients) under
+    any micro-batch plan."""
     from workers.engines.fsdp2 import FSDPEngine
 
     batch = make_skewed_batch()
     mine, real = my_rows(batch, rank), batch["response_mask"].bool()
     plans = {"padded": dict(remove_padding=False), "packed": {},
              "budget": dict(max_tokens_per_micro_batch=24),  # rank 0: 3 micro-batches; rank 1 plans 1, splits to 3
-             "budget, gathered once": dict(max_tokens_per_micro_batch=24, gather_once=True)}
+             "budget, gathered once": dict(max_tokens_per_micro_batch=24, gather_once=True),
+             "varlen": dict(attn_implementation="varlen"),  # each micro-batch one sequence (workers/engines/varlen.py)
+             "varlen, budget": dict(attn_implementation="varlen", max_tokens_per_micro_batch=24)}
     for kind, loss in (("causal_lm", policy_like_loss), ("value", value_loss_fn)):
         engines = {name: FSDPEngine(engine_spec(path, kind, **over), optim_spec(), device=CPU)
                    for name, over in plans.items()}
@@ -356,7 +359,7 @@ def check_padding_removal(rank: int, path: str, tmp: str) -> None:
             metrics[name] = e.train_mini_batch(mine, loss, micro_batch_size=4, **kw)
         for name, e in engines.items():  # every pass ends with the weights sharded again (DTensor shards)
             assert all(isinstance(p, DTensor) for p in e.module.parameters()), name
-        for name in ("packed", "budget", "budget, gathered once"):
+        for name in (name for name in plans if name != "padded"):
             for key, value in outs[name].items():
                 assert (value - outs["padded"][key])[real].abs().max() <= 1e-5, (kind, name, key)
                 assert not value[~real].any(), (kind, name, key)  # no token, no value
@@ -365,9 +368,8 @@ def check_padding_removal(rank: int, path: str, tmp: str) -> None:
         assert metrics["padded"]["grad_norm"] > 0
     rm_scores = {name: gather_rows(FSDPEngine(engine_spec(path, "reward", **over), None, device=CPU)
                                    .compute_scores(mine, micro_batch_size=4)) for name, over in plans.items()}
-    assert (rm_scores["packed"] - rm_scores["padded"]).abs().max() <= 1e-5
-    assert (rm_scores["budget"] - rm_scores["padded"]).abs().max() <= 1e-5
-    assert (rm_scores["budget, gathered once"] - rm_scores["padded"]).abs().max() <= 1e-5
+    for name in plans:
+        assert (rm_scores[name] - rm_scores["padded"]).abs().max() <= 1e-5, name
     dist.barrier()
 
 
@@ -387,11 +389,14 @@ def check_prompt_sharing(rank: int, path: str, tmp: str) -> None:
     mine, real = my_rows(batch, rank), batch["response_mask"].bool()
     plans = {"padded": dict(remove_padding=False), "shared": dict(share_prompts=True),
              "shared, budget": dict(share_prompts=True, max_tokens_per_micro_batch=30),
-             "shared, budget, gathered once": dict(share_prompts=True, max_tokens_per_micro_batch=30, gather_once=True)}
+             "shared, budget, gathered once": dict(share_prompts=True, max_tokens_per_micro_batch=30, gather_once=True),
+             "shared, varlen, budget": dict(share_prompts=True, max_tokens_per_micro_batch=30,
+                                            attn_implementation="varlen")}
     engines = {name: FSDPEngine(engine_spec(path, "causal_lm", **over), optim_spec(), device=CPU)
                for name, over in plans.items()}
     # a 30-cell budget cuts rank 0's families A (5 + 27 cells) and B (12 + 27) into several rows and micro-batches
     assert len(engines["shared, budget"]._micro_batches(mine, 8)) > 1
+    assert len(engines["shared, varlen, budget"]._micro_batches(mine, 8)) > 1
     seen = {name: capture_grads(e) for name, e in engines.items()}
     outs, metrics = {}, {}
     for name, e in engines.items():

@@ -20,7 +20,8 @@ def test_gpu_check_dry_run_runs_every_check(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     rows = json.loads(out.read_text())
     assert [r["check"] for r in rows] == ["fsdp2_step", "offload", "weight_stream", "decode", "chunked_logprobs",
-                                          "megatron_bf16"]
+                                          "varlen", "megatron_bf16"]
     assert not any(r["ok"] is False for r in rows), rows
     assert "reload bit-exact" in rows[1]["figure"] and "tok/s" in rows[3]["figure"]
     assert "gpu_check (dry run, CPU" in res.stdout
+    assert "kernel per-row SDPA" in rows[5]["figure"]

@@ -21,6 +21,14 @@ def test_token_budget_puts_many_short_rows_or_few_long_rows_in_each_micro_batch(
     assert sum(_cost(p, lengths) for p in plans) == 172
 
 
+def test_a_packed_budget_counts_tokens_not_cells():
+    lengths = torch.tensor([3, 40, 4, 38, 2, 5, 39, 3])
+    plans = plan_rows(lengths, micro_batch_size=8, max_tokens=80, sort=True, packed=True)
+    assert all(int(lengths[p].sum()) <= 80 for p in plans)
+    # 40+39 | 38+5+4+3+3+2 (55): the long row takes the short ones that a cell budget (38 x 6) would refuse
+    assert [p.tolist() for p in plans] == [[1, 6], [3, 5, 2, 0, 7, 4]]
+
+
 def test_rows_only_keeps_consecutive_chunks_in_order():
     plans = plan_rows(torch.tensor([5, 1, 9, 2, 7]), micro_batch_size=2, max_tokens=None, sort=False)
     assert [p.tolist() for p in plans] == [[0, 1], [2, 3], [4]]

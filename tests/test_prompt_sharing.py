@@ -19,10 +19,12 @@ CPU = torch.device("cpu")
 def model():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from workers.engines.fsdp2.build import hf_attention
+
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=50, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2, attn_implementation="sdpa")
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2, attn_implementation=hf_attention("varlen"))
     return Qwen2ForCausalLM(cfg)
 
 
@@ -58,10 +60,11 @@ def test_shared_log_probs_entropy_and_gradients_equal_the_padded_path(model):
     batch = family_rows(FAMILIES, PW, RW, seed=2)
     real = batch["response_mask"].bool()
     padded, padded_grads = _run(model, batch)
-    for cap in (None, 20):  # 20 cuts families A, B and D into several packed rows
-        out, grads = _run(model, batch, remove_padding=True, share=True, max_row_tokens=cap)
+    # 20 cuts families A, B and D into several packed rows; varlen runs the family rows as one sequence
+    for cap, varlen in ((None, False), (20, False), (None, True), (20, True)):
+        out, grads = _run(model, batch, remove_padding=True, share=True, max_row_tokens=cap, varlen=varlen)
         for key in ("log_probs", "entropy"):
-            assert (out[key] - padded[key])[real].abs().max() <= 1e-5, (cap, key)
+            assert (out[key] - padded[key])[real].abs().max() <= 1e-5, (cap, varlen, key)
             assert not out[key][~real].any()
         for name, grad in grads.items():
             torch.testing.assert_close(grad, padded_grads[name], atol=1e-5, rtol=0.0, msg=lambda m, n=name: f"{n}: {m}")
@@ -82,17 +85,22 @@ def test_the_same_tokens_at_other_positions_are_not_one_prompt():
     assert prompt_families(batch["input_ids"], batch["attention_mask"], batch["position_ids"], PW).tolist() == [0, 1]
 
 
-def test_the_planner_keeps_families_together_and_its_budget_is_what_the_forward_packs():
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_planner_keeps_families_together_and_its_budget_is_what_the_forward_packs(packed):
     batch = family_rows(FAMILIES + [(7, [9, 9, 9])], PW, RW, seed=5)
     start, responses = row_spans(batch["attention_mask"], PW)
     families = prompt_families(batch["input_ids"], batch["attention_mask"], batch["position_ids"], PW)
-    plans = plan_family_rows(families, PW - start, responses, micro_batch_size=16, max_tokens=60, max_row_tokens=60)
+    plans = plan_family_rows(families, PW - start, responses, micro_batch_size=16, max_tokens=60, max_row_tokens=60,
+                             packed=packed)
     assert sorted(torch.cat(plans).tolist()) == list(range(len(batch)))
     for plan in plans:
         sub = batch.index(plan)
         shared = share_prompts(_inputs(sub), PW, RW, max_row_tokens=60)
-        cells = sub["attention_mask"].shape[0] * int(sub["attention_mask"].sum(-1).max()) if shared is None \
-            else shared.inputs["input_ids"].numel()
+        if shared is None:
+            lengths = sub["attention_mask"].sum(-1)
+            cells = int(lengths.sum()) if packed else len(sub) * int(lengths.max())
+        else:  # varlen runs each family row's tokens; padded, every row is as wide as the longest
+            cells = int(shared.lengths.sum()) if packed else shared.inputs["input_ids"].numel()
         assert cells <= 60
     # family by family: a family is split only where the budget forces it
     runs = [families[p].tolist() for p in plans]
@@ -107,6 +115,15 @@ def test_a_packer_cost_counts_packed_rows_times_the_longest():
     assert packer.cost_with(7, 4, 5) == 2 * 9  # 4 + 3 + 5 > 10: a new row of 9
     packer.add(1, family=7, prompt=4, response=5)
     assert packer.rows == [[0], [1]] and packer.cost() == 18
+
+
+def test_a_packed_packer_counts_the_tokens_a_varlen_forward_runs():
+    packer = FamilyPacker(max_row_tokens=10, packed=True)
+    packer.add(0, family=7, prompt=4, response=3)
+    packer.add(1, family=8, prompt=1, response=1)
+    assert packer.cost_with(7, 4, 2) == 7 + 2 + 2  # joins family 7's row: no padding to the longest
+    assert packer.cost_with(9, 6, 2) == 9 + 8  # a new family row: its prompt too
+    assert packer.cost() == 9  # against 2 x 7 = 14 cells padded
 
 
 def test_computed_tokens_count_each_uids_prompt_once():

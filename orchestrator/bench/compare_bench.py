@@ -33,26 +33,29 @@ from orchestrator.bench.variants import append_section, run_variants
 ONE_CORE_EACH = ["cluster.placement=split", "cluster.devices_per_node=1", "cluster.rollout_devices_per_node=1",
                  "cluster.local_num_cpus=2"]
 NO_BUDGETS = [f"{role}.max_tokens_per_micro_batch=null" for role in ("actor", "ref", "critic")]
+NOT_PACKED = ["model.share_prompts=false", "model.attn_implementation=sdpa"]  # compacted rows, batched SDPA
 SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
     "backends": ("backend", "Training backends on the default job", {
         "fsdp2 (dp2)": ["backend=fsdp2"],
         "megatron tp2": ["backend=megatron", "actor.megatron.tensor_model_parallel_size=2"],
         "megatron pp2": ["backend=megatron", "actor.megatron.pipeline_model_parallel_size=2"],
     }),
-    "padding": ("training forwards", "Padding removal and token budgets on the default job", {
-        "padded": ["model.remove_padding=false", "model.share_prompts=false", *NO_BUDGETS],
-        "padding removed": ["model.remove_padding=true", "model.share_prompts=false", *NO_BUDGETS],
-        "removed + 1024-token budgets, gathered per micro-batch": ["model.fsdp_gather_once=false",
-                                                                   "model.share_prompts=false"],
-        "removed + 1024-token budgets": ["model.share_prompts=false"],
-        "removed + budgets + prompt sharing (default)": [],
+    "padding": ("training forwards", "Padding removal, token budgets, varlen packing and prompt sharing on the "
+                                     "default job", {
+        "padded": ["model.remove_padding=false", *NOT_PACKED, *NO_BUDGETS],
+        "padding removed": ["model.remove_padding=true", *NOT_PACKED, *NO_BUDGETS],
+        "removed + 1024-token budgets, gathered per micro-batch": ["model.fsdp_gather_once=false", *NOT_PACKED],
+        "removed + 1024-token budgets": NOT_PACKED,
+        "removed + budgets + varlen packing": ["model.share_prompts=false"],
+        "removed + budgets + prompt sharing": ["model.attn_implementation=sdpa"],
+        "removed + budgets + prompt sharing + varlen (default)": [],
     }),
     "throughput": ("job", "The default job before and after the throughput work (issue 14)", {
         "before: padded rows, whole micro-batches, old log-probs recomputed": [
-            "model.remove_padding=false", "model.share_prompts=false", *NO_BUDGETS,
-            "algorithm.rollout_correction.mode=none"],
-        "2026-12-01 defaults: no prompt sharing": ["model.share_prompts=false"],
-        "now: the defaults": [],
+            "model.remove_padding=false", *NOT_PACKED, *NO_BUDGETS, "algorithm.rollout_correction.mode=none"],
+        "2026-12-01 defaults: compacted rows, no prompt sharing": NOT_PACKED,
+        "2026-12-02 morning: prompt sharing, family rows padded": ["model.attn_implementation=sdpa"],
+        "now: the defaults (sharing + varlen)": [],
     }),
     "precision": ("training dtype", "bf16 autocast vs fp32 on the default job", {
         "fp32": ["model.dtype=float32"],

@@ -14,7 +14,9 @@ runs it so the script cannot rot). Checks:
    reads all weights once: bandwidth / weight bytes steps per second).
 5. chunked_logprobs: peak memory of chunked vs one-piece log-probs + entropy on [8, 1024, vocab] logits,
    and their difference.
-6. megatron_bf16: a Megatron-core bf16 forward/backward/step on one GPU (tensor and pipeline parallel 1).
+6. varlen: compacted rows (SDPA) vs varlen packing (workers/engines/varlen.py) on rows of random lengths:
+   log-probs agree, the flash varlen kernel ran, and the train step's time ratio.
+7. megatron_bf16: a Megatron-core bf16 forward/backward/step on one GPU (tensor and pipeline parallel 1).
 """
 from __future__ import annotations
 
@@ -88,14 +90,14 @@ def _batch(setup: Setup, vocab: int):
                             "responses": ids[:, prompt:].clone(), "response_mask": torch.ones(setup.rows, response)})
 
 
-def _fsdp(setup: Setup, trainable: bool = True):
+def _fsdp(setup: Setup, trainable: bool = True, attention: str = "sdpa"):
     from workers.engines.fsdp2 import FSDPEngine
     from workers.engines.fsdp2.spec import FSDPEngineSpec, OptimSpec
 
     compute = "float32" if setup.dry_run else "bfloat16"
     spec = FSDPEngineSpec(model_path=str(setup.model_dir), model_kind="causal_lm", master_dtype="float32",
                           param_dtype=compute, reduce_dtype="float32", reshard_after_forward=True,
-                          activation_checkpointing=True, cpu_offload=False, attn_implementation="sdpa", remove_padding=True,
+                          activation_checkpointing=True, cpu_offload=False, attn_implementation=attention, remove_padding=True,
                           max_tokens_per_micro_batch=None, gather_once=True, seed=0)
     optim = OptimSpec(lr=1e-5, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
                       total_steps=10, schedule="constant", min_lr_ratio=1.0) if trainable else None
@@ -220,6 +222,45 @@ def check_chunked_logprobs(setup: Setup, state: dict) -> list[Row]:
     return [Row("chunked_logprobs", figure, "diff <= 1e-5; smaller peak", diff <= 1e-5 and chunked_peak <= whole_peak)]
 
 
+def check_varlen(setup: Setup, state: dict) -> list[Row]:
+    """Compacted rows (SDPA) vs varlen packing on rows of random lengths: log-probs agree, the kernel that ran,
+    and the train step's time ratio. On CUDA in bf16 the flash varlen kernel must be the one that ran."""
+    from orchestrator.bench.train_bench import make_batch
+    from workers.engines import varlen
+    from workers.losses.sft import sft_loss
+
+    kernel_calls = {"flash": 0, "per-row SDPA": 0}
+    for name, attr in (("flash", "_flash_varlen"), ("per-row SDPA", "_per_row_sdpa")):
+        def counted(*args, _fn=getattr(varlen, attr), _name=name):
+            kernel_calls[_name] += 1
+            return _fn(*args)
+        setattr(varlen, attr, counted)
+    engines = {name: _fsdp(setup, attention=name) for name in ("sdpa", "varlen")}
+    vocab = engines["sdpa"].hf_config.vocab_size
+    batch = make_batch(setup.rows * 4, setup.seq // 2, setup.seq - setup.seq // 2, vocab=vocab, seed=5)
+    real = batch["response_mask"].bool()
+    log_probs, seconds = {}, {}
+    for name, engine in engines.items():
+        log_probs[name] = engine.compute_log_probs(batch, temperature=1.0, micro_batch_size=setup.rows * 4,
+                                                   with_entropy=False)["log_probs"]
+        engine.train_mini_batch(batch, sft_loss, micro_batch_size=setup.rows * 4, temperature=1.0, with_entropy=False)
+        setup.sync()
+        start = time.perf_counter()
+        engine.train_mini_batch(batch, sft_loss, micro_batch_size=setup.rows * 4, temperature=1.0, with_entropy=False)
+        setup.sync()
+        seconds[name] = time.perf_counter() - start
+    diff = (log_probs["varlen"] - log_probs["sdpa"])[real].abs()
+    ran = "flash" if kernel_calls["flash"] else "per-row SDPA"
+    agree = float(diff.max()) <= 1e-5 if setup.dry_run else float(diff.mean()) <= 0.02
+    figure = (f"train step {seconds['sdpa'] / seconds['varlen']:.2f}x compacted SDPA ({seconds['varlen']:.3f} vs "
+              f"{seconds['sdpa']:.3f} s, {int(real.sum()) + int(batch['attention_mask'][:, :setup.seq // 2].sum())} "
+              f"real of {batch['input_ids'].numel()} cells); |d log-prob| mean {float(diff.mean()):.1e} max "
+              f"{float(diff.max()):.1e}; kernel {ran} ({sum(kernel_calls.values())} calls)")
+    kernel_ok = ran == ("per-row SDPA" if setup.dry_run else "flash")
+    return [Row("varlen", figure, "log-probs agree (fp32 1e-5, bf16 mean 0.02); flash kernel on CUDA",
+                agree and kernel_ok)]
+
+
 def check_megatron_bf16(setup: Setup, state: dict) -> list[Row]:
     from workers.engines.fsdp2.spec import OptimSpec
     from workers.engines.megatron.engine import MegatronEngine
@@ -245,7 +286,8 @@ def check_megatron_bf16(setup: Setup, state: dict) -> list[Row]:
 
 CHECKS: dict[str, Callable[[Setup, dict], list[Row]]] = {
     "fsdp2_step": check_fsdp2_step, "offload": check_offload, "weight_stream": check_weight_stream,
-    "decode": check_decode, "chunked_logprobs": check_chunked_logprobs, "megatron_bf16": check_megatron_bf16,
+    "decode": check_decode, "chunked_logprobs": check_chunked_logprobs, "varlen": check_varlen,
+    "megatron_bf16": check_megatron_bf16,
 }
 
 

@@ -2,9 +2,10 @@
 
 Not a test: `baton bench train [--shapes 16x24,64x192] [--rows 64] [--write]`. For each shape
 (prompt width x response width) one batch is drawn with real lengths uniform in [1, width] (the
-default job's rollouts fill about half of their row), and four FSDP2 engines on the same weights
+default job's rollouts fill about half of their row), and six FSDP2 engines on the same weights
 run it in turn, `repeats` rounds: padded (model.remove_padding=false), padding removed, removed with a
-token budget per micro-batch, and that with prompt sharing (model.share_prompts). With `--group-size n`
+token budget per micro-batch, and that with varlen packing (model.attn_implementation=varlen), with
+prompt sharing (model.share_prompts), or with both. With `--group-size n`
 rows come n to a prompt, as GRPO samples them (the default job: 8); sharing needs n > 1. Reported per
 engine and pass (log-probs: forward only; update: forward + backward + optimizer step):
 
@@ -35,8 +36,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "padded": {"remove_padding": False, "max_tokens_per_micro_batch": None, "gather_once": True},
     "removed": {"remove_padding": True, "max_tokens_per_micro_batch": None, "gather_once": True},
     "removed+budget": {"remove_padding": True, "max_tokens_per_micro_batch": 512, "gather_once": True},
+    "removed+budget+varlen": {"remove_padding": True, "max_tokens_per_micro_batch": 512, "gather_once": True,
+                              "attn_implementation": "varlen"},
     "removed+budget+shared": {"remove_padding": True, "max_tokens_per_micro_batch": 512, "gather_once": True,
                               "share_prompts": True},
+    "removed+budget+shared+varlen": {"remove_padding": True, "max_tokens_per_micro_batch": 512, "gather_once": True,
+                                     "share_prompts": True, "attn_implementation": "varlen"},
 }
 
 
@@ -70,7 +75,7 @@ def _engine(path: Path, over: dict[str, Any]) -> Any:
 
     spec = FSDPEngineSpec(model_path=str(path), model_kind="causal_lm", master_dtype="float32", param_dtype="float32",
                           reduce_dtype="float32", reshard_after_forward=True, activation_checkpointing=False,
-                          cpu_offload=False, attn_implementation="sdpa", seed=0, **over)
+                          cpu_offload=False, seed=0, **{"attn_implementation": "sdpa", **over})
     optim = OptimSpec(lr=1e-6, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
                       total_steps=10_000, schedule="constant", min_lr_ratio=0.0)
     return FSDPEngine(spec, optim, device=torch.device("cpu"))
@@ -165,8 +170,9 @@ def _packed_inputs(groups: list[list[torch.Tensor]], width: int) -> dict[str, to
 
 
 def layout_inputs(batch: Any, micro_batch_size: int, budget: int) -> dict[str, list[dict[str, torch.Tensor]]]:
-    """The same sequences as model inputs three ways: padded rows, compacted length-sorted rows under a
-    token budget (what the engine does), and packed rows of <= budget tokens with a block-diagonal mask."""
+    """The same sequences as model inputs four ways: padded rows, compacted length-sorted rows under a
+    token budget (what the engine does), and packed rows of <= budget tokens with a block-diagonal mask
+    or with row boundaries for the varlen kernel (model.attn_implementation=varlen)."""
     seqs = _sequences(batch)
     width = batch["input_ids"].shape[1]
     padded = [_padded_inputs(seqs[i:i + micro_batch_size], width) for i in range(0, len(seqs), micro_batch_size)]
@@ -188,14 +194,28 @@ def layout_inputs(batch: Any, micro_batch_size: int, budget: int) -> dict[str, l
             rows.append([s])
     # one packed row (<= budget tokens) per forward: the same tokens per micro-batch as a compacted one
     packed = [_packed_inputs([row], sum(len(x) for x in row)) for row in rows]
-    return {"padded": padded, "compacted": compacted, "packed (block-diagonal mask)": packed}
+    return {"padded": padded, "compacted": compacted, "packed (block-diagonal mask)": packed,
+            "packed (varlen)": [_varlen_inputs(row) for row in rows]}
+
+
+def _varlen_inputs(row: list[torch.Tensor]) -> dict[str, Any]:
+    """One packed row with its boundaries for the varlen kernel (workers/engines/varlen.py), no mask."""
+    lengths = torch.tensor([len(s) for s in row])
+    cu = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)])
+    return {"input_ids": torch.cat(row)[None], "position_ids": torch.cat([torch.arange(len(s)) for s in row])[None],
+            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": int(lengths.max()),
+            "max_length_k": int(lengths.max())}
 
 
 def run_layouts(path: Path, batch: Any, micro_batch_size: int, budget: int, repeats: int) -> dict[str, float]:
-    """Seconds of forward + backward over all micro-batches of each layout, on the plain HF model."""
+    """Seconds of forward + backward over all micro-batches of each layout, on the plain HF model (built with the
+    varlen kernel, which runs SDPA for the layouts that pass a mask)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
+    from workers.engines.fsdp2.build import hf_attention
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=hf_attention("varlen"),
+                                                 dtype=torch.float32)
     layouts = layout_inputs(batch, micro_batch_size, budget)
 
     def step(inputs: list[dict[str, torch.Tensor]]) -> None:
@@ -230,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a Ray actor gets 1)")
     parser.add_argument("--layouts", action="store_true",
-                        help="also time padded vs compacted vs packed (block-diagonal SDPA mask) rows on the plain model")
+                        help="also time padded vs compacted vs packed (block-diagonal SDPA mask, varlen) rows on the plain model")
     parser.add_argument("--group-size", type=int, default=1, help="rows per prompt (GRPO's n; the default job: 8)")
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args(argv)

@@ -71,6 +71,7 @@ class ModelConfig:
     gradient_checkpointing: bool = MISSING
     remove_padding: bool = MISSING  # FSDP2 forwards run on rows with their padding removed (workers/engines/compaction.py)
     share_prompts: bool = MISSING  # FSDP2 causal-LM forwards compute a prompt once for all its rows (workers/engines/prompt_sharing.py)
+    attn_implementation: str = MISSING  # FSDP2 training forwards: sdpa | eager | flash_attention_2 | varlen (workers/engines/varlen.py)
     fsdp_gather_once: bool = MISSING  # FSDP2: weights gathered / grads reduced once per pass over micro-batches
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # what `baton sft` builds when it starts from scratch
 

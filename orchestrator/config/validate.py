@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.model_files import check_model_dir, hf_config
@@ -121,29 +121,6 @@ def _learning_rates(cfg: DictConfig) -> None:
             bad = "eps" if optim.eps <= 0 else "weight_decay" if optim.weight_decay < 0 else "grad_clip"
             raise ConfigError(f"{key}.{bad}", f"must be {'>= 0' if bad == 'weight_decay' else '> 0'}, "
                               f"got {optim[bad]}")
-
-
-@check
-def _token_budgets(cfg: DictConfig) -> None:
-    """max_tokens_per_micro_batch: positive or null; a Megatron policy runs fixed row micro-batches."""
-    keys = ("actor", "ref", "teacher", "critic", "reward.reward_model")  # the teacher always runs on FSDP2
-    for key in keys:
-        budget = OmegaConf.select(cfg, f"{key}.max_tokens_per_micro_batch")
-        if budget is not None and (not isinstance(budget, int) or budget < 1):
-            raise ConfigError(f"{key}.max_tokens_per_micro_batch", f"must be a positive number of tokens or null, got {budget!r}")
-    if cfg.trainer.backend == "megatron":
-        for key in ("actor", "ref"):
-            if cfg[key].max_tokens_per_micro_batch is not None:
-                raise ConfigError(f"{key}.max_tokens_per_micro_batch", "token-budget micro-batches are FSDP2-only; "
-                                  "backend=megatron runs actor.micro_batch_size rows per micro-batch: set it to null")
-
-
-@check
-def _prompt_sharing(cfg: DictConfig) -> None:
-    """Prompt sharing packs rows with their padding removed (workers/engines/prompt_sharing.py)."""
-    if cfg.model.share_prompts and not cfg.model.remove_padding:
-        raise ConfigError("model.share_prompts", "packs rows with their padding removed: it needs "
-                          "model.remove_padding=true; set model.share_prompts=false to run padded rows")
 
 
 @check
@@ -506,3 +483,6 @@ def _passk(cfg: DictConfig) -> None:
     if cfg.reward.rule_weight != 1.0:
         raise ConfigError("reward.rule_weight", f"adv_estimator={name} needs 0/1 scores: the rule reward must enter "
                           f"with weight 1, got {cfg.reward.rule_weight}")
+
+
+from orchestrator.config import layout_checks  # noqa: E402,F401  (registers the training-layout checks after these)

@@ -37,31 +37,35 @@ def _check_limits(micro_batch_size: int, max_tokens: int | None) -> None:
         raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens}")
 
 
-def plan_rows(lengths: Tensor, micro_batch_size: int, max_tokens: int | None, *, sort: bool) -> list[Tensor]:
+def plan_rows(lengths: Tensor, micro_batch_size: int, max_tokens: int | None, *, sort: bool,
+              packed: bool = False) -> list[Tensor]:
     """Row indices of each micro-batch: rows in length order (if `sort`), cut when the next row would
-    exceed micro_batch_size rows or max_tokens = rows x longest row (a lone row may exceed it)."""
+    exceed micro_batch_size rows or max_tokens tokens: rows x longest row (the cells a batched forward
+    runs), or with `packed` the sum of the lengths (a varlen forward runs no padding). A lone row may
+    exceed it."""
     _check_limits(micro_batch_size, max_tokens)
     order = torch.argsort(lengths, descending=True, stable=True) if sort else torch.arange(len(lengths))
     plans: list[list[int]] = []
-    widest = 0
+    widest = total = 0
     for row in order.tolist():
         width = int(lengths[row])
         current = plans[-1] if plans else None
-        fits = (current is not None and len(current) < micro_batch_size
-                and (max_tokens is None or (len(current) + 1) * max(widest, width) <= max_tokens))
+        cost = total + width if packed else (len(current or []) + 1) * max(widest, width)
+        fits = current is not None and len(current) < micro_batch_size and (max_tokens is None or cost <= max_tokens)
         if fits:
             current.append(row)
-            widest = max(widest, width)
+            widest, total = max(widest, width), total + width
         else:
             plans.append([row])
-            widest = width
+            widest = total = width
     return [torch.tensor(p, dtype=torch.long) for p in plans]
 
 
 def plan_family_rows(families: Tensor, prompts: Tensor, responses: Tensor, micro_batch_size: int,
-                     max_tokens: int | None, max_row_tokens: int | None) -> list[Tensor]:
+                     max_tokens: int | None, max_row_tokens: int | None, packed: bool = False) -> list[Tensor]:
     """Row indices of each micro-batch for prompt-shared forwards: families with the most tokens first, each
-    family's rows together (longest response first), cut at micro_batch_size rows or max_tokens packed cells."""
+    family's rows together (longest response first), cut at micro_batch_size rows or max_tokens packed cells
+    (with `packed`, the family rows' tokens: a varlen forward runs them end to end)."""
     _check_limits(micro_batch_size, max_tokens)
     fam, prompt, response = families.tolist(), prompts.tolist(), responses.tolist()
     total: dict[int, int] = {}
@@ -69,13 +73,13 @@ def plan_family_rows(families: Tensor, prompts: Tensor, responses: Tensor, micro
         total[f] = total.get(f, prompt[b]) + response[b]
     order = sorted(range(len(fam)), key=lambda b: (-total[fam[b]], fam[b], -response[b], b))
     plans: list[list[int]] = []
-    packer = FamilyPacker(max_row_tokens)
+    packer = FamilyPacker(max_row_tokens, packed)
     for b in order:
         fits = (plans and len(plans[-1]) < micro_batch_size
                 and (max_tokens is None or packer.cost_with(fam[b], prompt[b], response[b]) <= max_tokens))
         if not fits:
             plans.append([])
-            packer = FamilyPacker(max_row_tokens)
+            packer = FamilyPacker(max_row_tokens, packed)
         plans[-1].append(b)
         packer.add(b, fam[b], prompt[b], response[b])
     return [torch.tensor(p, dtype=torch.long) for p in plans]

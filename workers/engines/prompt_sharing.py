@@ -11,8 +11,9 @@ prompt's gradient is the sum of its n responses' contributions, as with n separa
 
 What it costs: attention over a family row is dense over its length (SDPA computes masked cells,
 it does not skip them), so a family row is cut at `max_row_tokens` (the engine's token budget, else
-2,048); and a 4-D boolean mask turns off the flash kernels on GPU, where a varlen/FlexAttention path
-would be the right tool. Hence on for the CPU tiny model (configs/model/tiny.yaml; `baton bench train
+2,048); and a 4-D boolean mask turns off the flash kernels on GPU. With model.attn_implementation=varlen
+(workers/engines/varlen.py) the family rows run end to end as one sequence, each under its own mask,
+instead of padded to the longest family of the micro-batch. Hence on for the CPU tiny model (configs/model/tiny.yaml; `baton bench train
 --group-size 8` and `baton bench throughput` measure it, BENCHMARKS.md), off in configs/model/hf.yaml.
 This is prefix sharing in the training forward (the rollout engines already prefill a prompt once per
 group).
@@ -46,8 +47,9 @@ class FamilyPacker:
     rule, so a planned micro-batch costs exactly `cost()` cells when it runs.
     """
 
-    def __init__(self, max_row_tokens: int | None) -> None:
+    def __init__(self, max_row_tokens: int | None, packed: bool = False) -> None:
         self.max_row_tokens = max_row_tokens
+        self.packed = packed  # varlen: packed rows run end to end, no padding (workers/engines/varlen.py)
         self.rows: list[list[int]] = []  # members of each packed row, in arrival order
         self.lengths: list[int] = []  # cells of each packed row
         self._open: dict[int, int] = {}  # family -> its packed row still taking members
@@ -60,8 +62,10 @@ class FamilyPacker:
         return k if fits else None
 
     def cost_with(self, family: int, prompt: int, response: int) -> int:
-        """Cells (packed rows x longest packed row) once this row is added."""
+        """Cells (packed rows x longest packed row, or their sum when packed) once this row is added."""
         k = self._target(family, response)
+        if self.packed:
+            return sum(self.lengths) + response + (0 if k is not None else prompt)
         if k is not None:
             return len(self.rows) * max(max(self.lengths), self.lengths[k] + response)
         return (len(self.rows) + 1) * max([prompt + response, *self.lengths])
@@ -77,7 +81,7 @@ class FamilyPacker:
             self.lengths[k] += response
 
     def cost(self) -> int:
-        return len(self.rows) * max(self.lengths, default=0)
+        return sum(self.lengths) if self.packed else len(self.rows) * max(self.lengths, default=0)
 
 
 @dataclass(frozen=True)
@@ -89,12 +93,14 @@ class SharedPrompts:
     column: [b, R] the packed column whose output predicts row b's response token t (clamped, and
         not meaningful, where `valid` is False).
     valid: [b, R] whether row b has a response token t.
+    lengths: [F] cells of each packed row before its padding.
     """
 
     inputs: dict[str, Tensor]
     family: Tensor
     column: Tensor
     valid: Tensor
+    lengths: Tensor
 
     @property
     def width(self) -> int:
@@ -160,6 +166,7 @@ def share_prompts(inputs: dict[str, Tensor], prompt_width: int, response_width: 
     return SharedPrompts(
         inputs={"input_ids": packed_ids, "attention_mask": allowed[:, None], "position_ids": packed_pos},
         family=torch.tensor(family_of, device=device), column=column.clamp(0, width - 1), valid=valid,
+        lengths=torch.tensor(packer.lengths, device=device),
     )
 
 

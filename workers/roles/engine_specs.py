@@ -45,7 +45,7 @@ def fsdp_spec(model_path: str, model_kind: str, model_cfg: DictConfig, *, seed: 
         reshard_after_forward=True,
         activation_checkpointing=bool(model_cfg.gradient_checkpointing) and trainable,
         cpu_offload=False,
-        attn_implementation="sdpa",
+        attn_implementation=str(model_cfg.attn_implementation),
         remove_padding=bool(model_cfg.remove_padding),
         share_prompts=bool(model_cfg.share_prompts),
         max_tokens_per_micro_batch=max_tokens,

@@ -29,6 +29,16 @@ _AUTO_CLASSES = {"causal_lm": (AutoModelForCausalLM, {}), "value": (AutoModelFor
                  "reward": (AutoModelForSequenceClassification, {"num_labels": 1})}
 
 
+def hf_attention(name: str) -> str:
+    """The attn_implementation HF builds the model with; "varlen" is Baton's (registered on first use)."""
+    if name != "varlen":
+        return name
+    from workers.engines import varlen
+
+    varlen.register()
+    return varlen.ATTENTION_NAME
+
+
 def load_hf_model(spec: FSDPEngineSpec, *, on_meta: bool = False) -> PreTrainedModel:
     """The model on CPU under spec.seed (so new heads agree across runs), or only its structure on the meta
     device (`on_meta`: a rank that receives the weights from rank 0 instead of reading them, see
@@ -40,14 +50,14 @@ def load_hf_model(spec: FSDPEngineSpec, *, on_meta: bool = False) -> PreTrainedM
     dropout is always off.
     """
     auto_cls, extra = _AUTO_CLASSES[spec.model_kind]
-    kwargs: dict[str, object] = {"dtype": to_dtype(spec.master_dtype), "attn_implementation": spec.attn_implementation,
-                                 **extra}
+    attention = hf_attention(spec.attn_implementation)
+    kwargs: dict[str, object] = {"dtype": to_dtype(spec.master_dtype), "attn_implementation": attention, **extra}
     if on_meta:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(spec.model_path, **extra)
         with torch.device("meta"):
-            model = auto_cls.from_config(config, dtype=kwargs["dtype"], attn_implementation=spec.attn_implementation)
+            model = auto_cls.from_config(config, dtype=kwargs["dtype"], attn_implementation=attention)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)

@@ -21,12 +21,13 @@ from workers.engines.prompt_sharing import prompt_families, row_spans
 def split_micro_batches(
     batch: Batch, micro_batch_size: int, group: ProcessGroup | None, device: torch.device, *,
     max_tokens: int | None = None, by_length: bool = False, share_prompts: bool = False,
-    max_row_tokens: int | None = None,
+    max_row_tokens: int | None = None, packed: bool = False,
 ) -> list[tuple[Tensor, Batch]]:
     """(row indices, rows) of each micro-batch (workers/engines/micro_batches.py), the same count on every rank.
 
     share_prompts: plan family by family (workers/engines/prompt_sharing.py), budgets in packed cells;
     rows not in the rollout layout fall back to the length plan.
+    packed: a micro-batch runs as one varlen sequence (workers/engines/varlen.py): budgets count tokens, not cells.
     Without a token budget the count follows from the rows alone, so ranks that disagree were given
     different rows: an error, not a hang. With one, ranks split micro-batches up to the group's largest count.
     """
@@ -35,9 +36,9 @@ def split_micro_batches(
     # a row costs its attended tokens once padding is removed (by_length), the full width otherwise
     width = batch["attention_mask"].shape[1] if "attention_mask" in batch else 1
     lengths = row_lengths(batch["attention_mask"]) if by_length else torch.full((len(batch),), width)
-    plans = _family_plan(batch, micro_batch_size, max_tokens, max_row_tokens) if share_prompts else None
+    plans = _family_plan(batch, micro_batch_size, max_tokens, max_row_tokens, packed) if share_prompts else None
     if plans is None:
-        plans = plan_rows(lengths, micro_batch_size, max_tokens, sort=by_length)
+        plans = plan_rows(lengths, micro_batch_size, max_tokens, sort=by_length, packed=packed and by_length)
     if max_tokens is not None:
         plans = split_to_count(plans, agree_on_count(len(plans), group, device))
     else:
@@ -53,14 +54,15 @@ def split_micro_batches(
 
 
 def _family_plan(batch: Batch, micro_batch_size: int, max_tokens: int | None,
-                 max_row_tokens: int | None) -> list[Tensor] | None:
+                 max_row_tokens: int | None, packed: bool) -> list[Tensor] | None:
     prompt_width = batch["input_ids"].shape[1] - batch["responses"].shape[1]
     spans = row_spans(batch["attention_mask"], prompt_width)
     if spans is None:
         return None
     start, responses = spans
     families = prompt_families(batch["input_ids"], batch["attention_mask"], batch["position_ids"], prompt_width)
-    return plan_family_rows(families, prompt_width - start, responses, micro_batch_size, max_tokens, max_row_tokens)
+    return plan_family_rows(families, prompt_width - start, responses, micro_batch_size, max_tokens, max_row_tokens,
+                            packed)
 
 
 def all_reduce_sum(values: Tensor, group: ProcessGroup | None) -> Tensor:

@@ -78,7 +78,7 @@ class FSDPEngine(OffloadsWithOffloader):
             return model_forward(
                 self.module, self.spec.model_kind, mb, self.device, temperature=temperature, with_entropy=with_entropy,
                 remove_padding=self.spec.remove_padding, share_prompts=self._share_prompts,
-                max_row_tokens=self._max_row_tokens,
+                max_row_tokens=self._max_row_tokens, varlen=self.spec.attn_implementation == "varlen",
             )
 
         return forward
@@ -115,7 +115,8 @@ class FSDPEngine(OffloadsWithOffloader):
                                    max_tokens=self.spec.max_tokens_per_micro_batch,
                                    by_length=self.spec.remove_padding and not keep_order,
                                    share_prompts=self._share_prompts and not keep_order,
-                                   max_row_tokens=self._max_row_tokens)
+                                   max_row_tokens=self._max_row_tokens,
+                                   packed=self.spec.attn_implementation == "varlen")
 
     def _require_kind(self, kind: str, what: str) -> None:
         if self.spec.model_kind != kind:

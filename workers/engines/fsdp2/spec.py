@@ -28,7 +28,9 @@ class FSDPEngineSpec:
         second all-gather in backward).
     activation_checkpointing: recompute each decoder layer in backward instead of storing it.
     cpu_offload: keep sharded parameters, gradients and optimizer state in host memory.
-    attn_implementation: HF attention kernel ("sdpa", "eager", "flash_attention_2").
+    attn_implementation: HF attention kernel ("sdpa", "eager", "flash_attention_2"), or "varlen": with
+        remove_padding, each micro-batch runs as one packed sequence with row boundaries
+        (workers/engines/varlen.py: flash varlen on CUDA in half precision, per-row SDPA otherwise).
     remove_padding: run forwards on rows shifted to drop their padding (workers/engines/compaction.py);
         outputs equal the padded path's, micro-batches are formed from rows of similar length.
     share_prompts: causal LMs with remove_padding: rows with the same prompt run as one packed row,
@@ -63,6 +65,8 @@ class FSDPEngineSpec:
             raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or None, got {self.max_tokens_per_micro_batch}")
         if self.share_prompts and not self.remove_padding:
             raise ValueError("share_prompts packs rows with their padding removed: it needs remove_padding=True")
+        if self.attn_implementation == "varlen" and not self.remove_padding:
+            raise ValueError("attn_implementation='varlen' packs rows with their padding removed: it needs remove_padding=True")
         for name in ("master_dtype", "param_dtype", "reduce_dtype"):
             to_dtype(getattr(self, name))
 
