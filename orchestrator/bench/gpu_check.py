@@ -225,16 +225,26 @@ def check_chunked_logprobs(setup: Setup, state: dict) -> list[Row]:
 def check_varlen(setup: Setup, state: dict) -> list[Row]:
     """Compacted rows (SDPA) vs varlen packing on rows of random lengths: log-probs agree, the kernel that ran,
     and the train step's time ratio. On CUDA in bf16 the flash varlen kernel must be the one that ran."""
-    from orchestrator.bench.train_bench import make_batch
     from workers.engines import varlen
-    from workers.losses.sft import sft_loss
 
     kernel_calls = {"flash": 0, "per-row SDPA": 0}
+    originals = {attr: getattr(varlen, attr) for attr in ("_flash_varlen", "_per_row_sdpa")}
     for name, attr in (("flash", "_flash_varlen"), ("per-row SDPA", "_per_row_sdpa")):
-        def counted(*args, _fn=getattr(varlen, attr), _name=name):
+        def counted(*args, _fn=originals[attr], _name=name):
             kernel_calls[_name] += 1
             return _fn(*args)
         setattr(varlen, attr, counted)
+    try:
+        return _varlen_rows(setup, kernel_calls)
+    finally:
+        for attr, fn in originals.items():
+            setattr(varlen, attr, fn)
+
+
+def _varlen_rows(setup: Setup, kernel_calls: dict[str, int]) -> list[Row]:
+    from orchestrator.bench.train_bench import make_batch
+    from workers.losses.sft import sft_loss
+
     engines = {name: _fsdp(setup, attention=name) for name in ("sdpa", "varlen")}
     vocab = engines["sdpa"].hf_config.vocab_size
     batch = make_batch(setup.rows * 4, setup.seq // 2, setup.seq - setup.seq // 2, vocab=vocab, seed=5)

@@ -26,6 +26,7 @@ layout to use; the CUDA kernel call is exercised by `scripts/gpu_check.sh` on a 
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -132,12 +133,18 @@ def _per_row_sdpa(query: Tensor, key: Tensor, value: Tensor, bounds: list[int], 
     return torch.cat(spans, dim=2).transpose(1, 2).contiguous()
 
 
+@functools.cache
+def _parameters(fn: object) -> frozenset[str]:
+    """The keyword names a torch version's varlen_attn takes (looked up once, not per layer call)."""
+    return frozenset(inspect.signature(fn).parameters)
+
+
 def _flash_varlen(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, longest: int,
                   scaling: float | None) -> Tensor:
     """torch's flash varlen kernel on [T, H, D] tensors; kv heads repeated where it has no GQA flag."""
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    params = _parameters(varlen_attn)
     extra: dict[str, object] = {"scale": scaling} if "scale" in params else {}
     if query.shape[1] != key.shape[1]:
         if "enable_gqa" in params:
