@@ -78,17 +78,39 @@ def test_qkv_rows_are_grouped_by_kv_head():
     assert fused.tolist() == [0, 1, 2, 3, 100, 101, 200, 201, 4, 5, 6, 7, 102, 103, 202, 203]
 
 
+@pytest.mark.parametrize("seq_multiple", [1, 4])
+def test_align_cut_to_the_longest_row_keeps_every_real_token_and_prediction(seq_multiple):
+    """Cutting aligned rows to the longest real row (padding removal) drops only padding: the same tokens
+    in every kept column, the same column predicting each real response token; never below a real row."""
+    from workers.engines.megatron.batching import align, real_lengths
+
+    batch = make_batch().slice(1)  # the longest row left out, so the cut is shorter than the padded width
+    full = align(batch, pad_token_id=0, seq_multiple=1)
+    longest = int(real_lengths(batch).max())
+    assert longest < full.tokens.shape[1]
+    cut = align(batch, pad_token_id=0, seq_multiple=seq_multiple, width=longest)
+    width = -(-longest // seq_multiple) * seq_multiple
+    assert cut.tokens.shape == (len(batch), width) and cut.causal_mask.shape[-1] == width
+    kept = min(width, full.tokens.shape[1])
+    assert torch.equal(cut.tokens[:, :kept], full.tokens[:, :kept])
+    mask = batch["response_mask"].bool()
+    assert torch.equal(cut.response_positions[mask], full.response_positions[mask])
+    assert int(cut.response_positions.max()) < width  # masked slots read a column that exists
+    with pytest.raises(ValueError, match="cuts real tokens"):
+        align(batch, pad_token_id=0, seq_multiple=1, width=longest - 1)
+
+
 # --- spawned checks ------------------------------------------------------------------------------
 
 
-def _megatron(path: str, tp: int, pp: int, trained: bool = True):
+def _megatron(path: str, tp: int, pp: int, trained: bool = True, remove_padding: bool = True):
     """tp < 0 means |tp| with sequence parallelism."""
     from workers.engines.megatron.engine import MegatronEngine
     from workers.engines.megatron.spec import MegatronEngineSpec
 
     spec = MegatronEngineSpec(model_path=path, model_kind="causal_lm", compute_dtype="float32",
                               tensor_model_parallel_size=abs(tp), pipeline_model_parallel_size=pp,
-                              sequence_parallel=tp < 0)
+                              sequence_parallel=tp < 0, remove_padding=remove_padding)
     return MegatronEngine(spec, optim_spec(lr=STEP_LR) if trained else None, device=CPU)
 
 
@@ -98,7 +120,11 @@ def _exported(engine) -> dict[str, torch.Tensor]:
 
 
 def check_layout(rank: int, path: str, tmp: str, tp: int, pp: int) -> None:
-    """Log-probs vs HF; export before training is the HF checkpoint; one step equals FSDP2's; checkpoint resumes."""
+    """Log-probs vs HF; export before training is the HF checkpoint; one step equals FSDP2's; checkpoint resumes.
+
+    The engine removes padding (the default). The training rows leave out the longest row, so even the
+    pipeline (cut to the batch's longest row) runs shorter than the padded width; a padded engine on the
+    same rows gives the same log-probs."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -106,6 +132,15 @@ def check_layout(rank: int, path: str, tmp: str, tp: int, pp: int) -> None:
 
     batch = make_batch()
     engine = _megatron(path, tp, pp)
+    short = batch.slice(1, len(batch))
+    assert int(short["attention_mask"].sum(dim=1).max()) < short["input_ids"].shape[1]
+    padded = _megatron(path, tp, pp, trained=False, remove_padding=False)
+    cut_lp = engine.compute_log_probs(short, temperature=TEMPERATURE, micro_batch_size=3, with_entropy=True)
+    full_lp = padded.compute_log_probs(short, temperature=TEMPERATURE, micro_batch_size=3, with_entropy=True)
+    short_mask = short["response_mask"].bool()
+    for key in ("log_probs", "entropy"):
+        assert (cut_lp[key] - full_lp[key])[short_mask].abs().max() <= 1e-5, key
+    del padded
     assert engine.mesh.collect == (rank == (0 if pp == 1 else 1))
     out = engine.compute_log_probs(batch, temperature=TEMPERATURE, micro_batch_size=3, with_entropy=True)
     mask = batch["response_mask"].bool()
@@ -118,12 +153,12 @@ def check_layout(rank: int, path: str, tmp: str, tp: int, pp: int) -> None:
     assert exported.keys() == initial.keys() - {"lm_head.weight"}
     assert all(torch.equal(exported[k], initial[k]) for k in exported)
 
-    metrics = engine.train_mini_batch(batch, sft_loss, micro_batch_size=4, temperature=1.0, with_entropy=False)
+    metrics = engine.train_mini_batch(short, sft_loss, micro_batch_size=4, temperature=1.0, with_entropy=False)
     after = _exported(engine)
     solo = dist.new_group([0])
     if rank == 0:
         fsdp = FSDPEngine(engine_spec(path, "causal_lm"), optim_spec(lr=STEP_LR), device=CPU, dp_group=solo)
-        ref = fsdp.train_mini_batch(batch, sft_loss, micro_batch_size=8, temperature=1.0, with_entropy=False)
+        ref = fsdp.train_mini_batch(short, sft_loss, micro_batch_size=8, temperature=1.0, with_entropy=False)
         assert abs(ref["grad_norm"] - metrics["grad_norm"]) <= 1e-5 * max(1.0, ref["grad_norm"])
         fsdp_weights = {n: p.full_tensor().detach() for n, p in fsdp.module.named_parameters()}
         for name, tensor in after.items():
@@ -200,7 +235,8 @@ def check_gpu_bf16(rank: int, path: str, tmp: str, tp: int, pp: int) -> None:
     from workers.engines.megatron.spec import MegatronEngineSpec
 
     spec = MegatronEngineSpec(model_path=path, model_kind="causal_lm", compute_dtype="bfloat16",
-                              tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False)
+                              tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False,
+                              remove_padding=True)
     engine = MegatronEngine(spec, optim_spec(lr=STEP_LR), device=torch.device("cuda", 0))
     assert all(m.dtype == torch.float32 for m in engine.optimizer.master)
     batch = make_batch()

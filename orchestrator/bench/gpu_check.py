@@ -279,7 +279,7 @@ def check_megatron_bf16(setup: Setup, state: dict) -> list[Row]:
 
     spec = MegatronEngineSpec(model_path=str(setup.model_dir), model_kind="causal_lm",
                               compute_dtype="float32" if setup.dry_run else "bfloat16", tensor_model_parallel_size=1,
-                              pipeline_model_parallel_size=1, sequence_parallel=False)
+                              pipeline_model_parallel_size=1, sequence_parallel=False, remove_padding=True)
     optim = OptimSpec(lr=1e-5, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
                       total_steps=10, schedule="constant", min_lr_ratio=1.0)
     state.pop("engine", None)  # free the FSDP2 model first

@@ -15,6 +15,11 @@ engine and pass (log-probs: forward only; update: forward + backward + optimizer
   as in orchestrator/tracking/flops.py) / seconds / this machine's measured peak: the best fp32
   GFLOP/s of a 1024^2 matmul on the same threads in this process, measured first.
 
+With `--megatron`, two Megatron-core engines (TP = PP = 1) run the same batch in the same rounds:
+padded rows and rows with their padding removed (sorted by length into micro-batches of
+`--megatron-micro-batch-size` rows, each cut to its longest row; workers/engines/megatron/batching.py).
+Their speed-up is against the padded Megatron engine.
+
 One rank, one torch thread by default (what each Ray actor gets), the shipped tiny model's shape.
 """
 from __future__ import annotations
@@ -81,8 +86,25 @@ def _engine(path: Path, over: dict[str, Any]) -> Any:
     return FSDPEngine(spec, optim, device=torch.device("cpu"))
 
 
+MEGATRON_VARIANTS = {"megatron padded": False, "megatron removed": True}
+
+
+def _megatron_engine(path: Path, remove_padding: bool) -> Any:
+    from workers.engines.fsdp2.spec import OptimSpec
+    from workers.engines.megatron.engine import MegatronEngine
+    from workers.engines.megatron.spec import MegatronEngineSpec
+
+    spec = MegatronEngineSpec(model_path=str(path), model_kind="causal_lm", compute_dtype="float32",
+                              tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False,
+                              remove_padding=remove_padding)
+    optim = OptimSpec(lr=1e-6, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=0,
+                      total_steps=10_000, schedule="constant", min_lr_ratio=0.0)
+    return MegatronEngine(spec, optim, device=torch.device("cpu"))
+
+
 def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats: int, threads: int,
-        layouts: bool = False, group: int = 1) -> list[dict]:
+        layouts: bool = False, group: int = 1, megatron_micro_batch_size: int | None = None) -> list[dict]:
+    """`megatron_micro_batch_size`: also time the Megatron engines, at this many rows per micro-batch."""
     from orchestrator.assets.tiny_model import build_tiny_model
     from workers.engines.prompt_sharing import computed_tokens
     from workers.losses.sft import sft_loss
@@ -102,6 +124,10 @@ def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats
                                     num_kv_heads=4, intermediate_size=768, max_position_embeddings=longest,
                                     seed=0, tie_word_embeddings=True)
             engines = {name: _engine(path, over) for name, over in VARIANTS.items()}
+            micro = {name: micro_batch_size for name in engines}
+            if megatron_micro_batch_size:
+                engines.update({name: _megatron_engine(path, rp) for name, rp in MEGATRON_VARIANTS.items()})
+                micro.update({name: megatron_micro_batch_size for name in MEGATRON_VARIANTS})
             params = matmul_params(path)  # the FLOP model of orchestrator/tracking/flops.py
             vocab = next(iter(engines.values())).hf_config.vocab_size
             table = []
@@ -111,21 +137,23 @@ def run(shapes: list[tuple[int, int]], rows: int, micro_batch_size: int, repeats
                 real = int(batch["attention_mask"].sum())
                 shared = computed_tokens(batch["attention_mask"], prompt_width, [i // group for i in range(rows)])
                 passes = {
-                    "log-probs": (2, lambda e: e.compute_log_probs(batch, temperature=1.0, micro_batch_size=micro_batch_size,
-                                                                   with_entropy=False)),
-                    "update": (6, lambda e: e.train_mini_batch(batch, sft_loss, micro_batch_size=micro_batch_size,
-                                                               temperature=1.0, with_entropy=False)),
+                    "log-probs": (2, lambda e, m: e.compute_log_probs(batch, temperature=1.0, micro_batch_size=m,
+                                                                      with_entropy=False)),
+                    "update": (6, lambda e, m: e.train_mini_batch(batch, sft_loss, micro_batch_size=m,
+                                                                  temperature=1.0, with_entropy=False)),
                 }
                 for pass_name, (flops_per_param, call) in passes.items():
-                    times = median_seconds({n: (lambda e=e, call=call: call(e)) for n, e in engines.items()}, repeats)
+                    times = median_seconds({n: (lambda e=e, m=micro[n], call=call: call(e, m))
+                                            for n, e in engines.items()}, repeats)
                     for name, seconds in times.items():
+                        base = "megatron padded" if name in MEGATRON_VARIANTS else "padded"
+                        computed = shared if VARIANTS.get(name, {}).get("share_prompts") else real
                         table.append({"shape": f"{prompt_width}x{response_width}", "rows": rows, "pass": pass_name,
                                       "variant": name, "seconds": seconds, "real_tokens": real,
                                       "row_tokens": rows * (prompt_width + response_width),
                                       "tok_s": real / seconds,
-                                      "mfu": flops_per_param * params * (shared if VARIANTS[name].get("share_prompts")
-                                                                         else real) / seconds / (peak * 1e9),
-                                      "speedup": times["padded"] / seconds})
+                                      "mfu": flops_per_param * params * computed / seconds / (peak * 1e9),
+                                      "speedup": times[base] / seconds})
                 if layouts:
                     times = run_layouts(path, batch, micro_batch_size, LAYOUT_BUDGET, repeats)
                     for name, seconds in times.items():
@@ -252,23 +280,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layouts", action="store_true",
                         help="also time padded vs compacted vs packed (block-diagonal SDPA mask, varlen) rows on the plain model")
     parser.add_argument("--group-size", type=int, default=1, help="rows per prompt (GRPO's n; the default job: 8)")
+    parser.add_argument("--megatron", action="store_true", help="also time Megatron-core, padded vs padding removed")
+    parser.add_argument("--megatron-micro-batch-size", type=int, default=8, help="rows per Megatron micro-batch")
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.group_size < 1:
         raise SystemExit("bench train: --group-size must be >= 1")
     shapes = [_shape(s) for s in args.shapes.split(",")]
     table = render(run(shapes, args.rows, args.micro_batch_size, args.repeats, args.threads, args.layouts,
-                       args.group_size))
+                       args.group_size, args.megatron_micro_batch_size if args.megatron else None))
     print(table)
     if args.write:
         from orchestrator.bench.variants import append_section
 
         command = (f"baton bench train --shapes {args.shapes} --rows {args.rows} --micro-batch-size "
                    f"{args.micro_batch_size} --repeats {args.repeats} --threads {args.threads}"
-                   + (" --layouts" if args.layouts else "") + f" --group-size {args.group_size}")
+                   + (" --layouts" if args.layouts else "") + f" --group-size {args.group_size}"
+                   + (f" --megatron --megatron-micro-batch-size {args.megatron_micro_batch_size}"
+                      if args.megatron else ""))
         append_section("Training throughput: padded vs padding removed (`baton bench train`)", command,
-                       f"FSDP2, one rank, the tiny model's shape; real lengths uniform in [1, width], {args.group_size} "
-                       "row(s) per prompt; median of "
+                       f"FSDP2{' and Megatron-core (TP = PP = 1)' if args.megatron else ''}, one rank, the tiny "
+                       f"model's shape; real lengths uniform in [1, width], {args.group_size} row(s) per prompt; median of "
                        "the repeats, variants interleaved; MFU against the measured matmul peak.", table)
 
 

@@ -69,7 +69,7 @@ class ModelConfig:
     path: Optional[str] = MISSING  # HF checkpoint dir (AutoModelForCausalLM); the RL run starts from it
     dtype: str = MISSING  # float32 | bfloat16 (parameter dtype of the training engine)
     gradient_checkpointing: bool = MISSING
-    remove_padding: bool = MISSING  # FSDP2 forwards run on rows with their padding removed (workers/engines/compaction.py)
+    remove_padding: bool = MISSING  # forwards skip padding (workers/engines/compaction.py, megatron/batching.py)
     share_prompts: bool = MISSING  # FSDP2 causal-LM forwards compute a prompt once for all its rows (workers/engines/prompt_sharing.py)
     attn_implementation: str = MISSING  # FSDP2 training forwards: sdpa | eager | flash_attention_2 | varlen (workers/engines/varlen.py)
     fsdp_gather_once: bool = MISSING  # FSDP2: weights gathered / grads reduced once per pass over micro-batches

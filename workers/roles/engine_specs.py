@@ -25,7 +25,8 @@ def role_engine(cfg: DictConfig, device: torch.device, model_path: str, model_ki
         spec = MegatronEngineSpec(model_path=model_path, model_kind=model_kind, compute_dtype=cfg.model.dtype,
                                   tensor_model_parallel_size=megatron.tensor_model_parallel_size,
                                   pipeline_model_parallel_size=megatron.pipeline_model_parallel_size,
-                                  sequence_parallel=megatron.sequence_parallel)
+                                  sequence_parallel=megatron.sequence_parallel,
+                                  remove_padding=cfg.model.remove_padding)
         return MegatronEngine(spec, optim, device=device)
     spec = fsdp_spec(model_path, model_kind, cfg.model, seed=cfg.trainer.seed, trainable=optim is not None,
                      max_tokens=max_tokens)

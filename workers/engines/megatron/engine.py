@@ -23,7 +23,7 @@ from workers.engines import LossFn, LossNorm
 from workers.engines.base import EngineMesh
 from workers.engines.fsdp2.spec import OptimSpec
 from workers.engines.megatron import checkpoint
-from workers.engines.megatron.batching import align, response_logits
+from workers.engines.megatron.batching import align, real_lengths, response_logits
 from workers.engines.megatron.cpu_shims import apply_cpu_shims
 from workers.engines.megatron.export import MegatronWeightExport
 from workers.engines.megatron.logprobs import vocab_parallel_log_probs
@@ -107,16 +107,26 @@ class MegatronEngine(OffloadsWithOffloader):
         return chunks
 
     def _schedule(self, batch: Batch, micro_batch_size: int, temperature: float, with_entropy: bool,
-                  on_outputs, forward_only: bool) -> list[dict]:
+                  on_outputs, forward_only: bool) -> tuple[list[dict], Tensor | None]:
+        """Outputs per micro-batch, and the row order they come in (None: the batch's own order)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (greedy rollouts score with 1.0), got {temperature}")
         g = self.groups
         self._check_same_rows(batch)
+        order = None
+        if self.spec.remove_padding:  # similar lengths share a micro-batch, so each is cut short
+            order = torch.sort(real_lengths(batch), descending=True, stable=True).indices
+            batch = batch.index(order)
         micro = self._micro_batches(batch, micro_batch_size)
-        aligned = [align(mb, pad_token_id=self.fill_token_id, seq_multiple=g.tp_size if g.sequence_parallel else 1)
-                   for mb in micro]
+        widths = [None] * len(micro)
+        if self.spec.remove_padding:
+            # the pipeline's stages exchange one activation shape: every micro-batch gets the longest row's
+            widths = ([int(real_lengths(mb).max()) for mb in micro] if g.pp_size == 1
+                      else [int(real_lengths(batch).max())] * len(micro))
+        aligned = [align(mb, pad_token_id=self.fill_token_id, seq_multiple=g.tp_size if g.sequence_parallel else 1,
+                         width=w) for mb, w in zip(micro, widths)]
         vocab_start = g.tp_rank * (self.shape.padded_vocab(g.tp_size) // g.tp_size)
 
         def forward_step(data_iterator, model):
@@ -132,10 +142,11 @@ class MegatronEngine(OffloadsWithOffloader):
 
             return output, loss_func
 
-        return get_forward_backward_func()(
+        stored = get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iter(list(zip(micro, aligned))), model=[self.module],
             num_microbatches=len(micro), seq_length=aligned[0].tokens.shape[1], micro_batch_size=len(micro[0]),
             forward_only=forward_only)
+        return stored, order
 
     def _check_same_rows(self, batch: Batch) -> None:
         """Every rank of a data-parallel group must hold the same rows (a DP_MESH dispatch); a plain DP split
@@ -162,11 +173,12 @@ class MegatronEngine(OffloadsWithOffloader):
             return torch.zeros((), device=self.device), torch.tensor(1), {k: v.detach().cpu() for k, v in outputs.items()}
 
         with torch.no_grad():
-            stored = self._schedule(batch, micro_batch_size, temperature, with_entropy, keep, forward_only=True)
+            stored, order = self._schedule(batch, micro_batch_size, temperature, with_entropy, keep,
+                                           forward_only=True)
         keys = ["log_probs"] + (["entropy"] if with_entropy else [])
         if not self.groups.is_last_stage:
             return {k: torch.zeros(batch["responses"].shape, dtype=torch.float32) for k in keys}
-        return {k: torch.cat([s[k] for s in stored])[: len(batch)] for k in keys}
+        return {k: _in_batch_order(torch.cat([s[k] for s in stored])[: len(batch)], order) for k in keys}
 
     def compute_values(self, batch: Batch, *, micro_batch_size: int) -> Tensor:
         raise NotImplementedError("the Megatron backend has no value head; the critic runs on FSDP2")
@@ -203,7 +215,7 @@ class MegatronEngine(OffloadsWithOffloader):
             detached = {k: torch.as_tensor(v, dtype=torch.float32).detach().cpu() for k, v in metrics.items()}
             return value, torch.tensor(1), {"loss": value.detach().float().cpu(), **detached}
 
-        stored = self._schedule(batch, micro_batch_size, temperature, with_entropy, loss, forward_only=False)
+        stored, _ = self._schedule(batch, micro_batch_size, temperature, with_entropy, loss, forward_only=False)
         result = self.optimizer.step()
         if g.is_last_stage:
             keys = sorted(k for k in stored[0] if k != "loss")
@@ -231,3 +243,12 @@ class MegatronEngine(OffloadsWithOffloader):
     def load_checkpoint(self, directory: str) -> None:
         checkpoint.load(directory, self)
 
+
+
+def _in_batch_order(rows: Tensor, order: Tensor | None) -> Tensor:
+    """Rows computed in `order` (sorted by length) put back where the caller's batch had them."""
+    if order is None:
+        return rows
+    out = torch.empty_like(rows)
+    out[order] = rows
+    return out

@@ -11,6 +11,9 @@ class MegatronEngineSpec:
     compute_dtype: "float32" | "bfloat16" (trained roles keep fp32 master weights in the optimizer).
     tensor_model_parallel_size / pipeline_model_parallel_size: the mesh; data parallel is what is left.
     sequence_parallel: split the sequence of norms and dropout-free regions over TP ranks (needs TP > 1).
+    remove_padding: rows sorted by length into micro-batches, each cut to its longest real row
+        (workers/engines/megatron/batching.py); with pipeline parallelism, to the batch's longest row,
+        since the stages exchange one fixed shape. Same outputs as the padded rows.
     """
 
     model_path: str
@@ -19,3 +22,4 @@ class MegatronEngineSpec:
     tensor_model_parallel_size: int
     pipeline_model_parallel_size: int
     sequence_parallel: bool
+    remove_padding: bool
