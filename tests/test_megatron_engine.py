@@ -82,11 +82,12 @@ def test_qkv_rows_are_grouped_by_kv_head():
 def test_align_cut_to_the_longest_row_keeps_every_real_token_and_prediction(seq_multiple):
     """Cutting aligned rows to the longest real row (padding removal) drops only padding: the same tokens
     in every kept column, the same column predicting each real response token; never below a real row."""
-    from workers.engines.megatron.batching import align, real_lengths
+    from workers.engines.megatron.batching import align
+    from workers.engines.micro_batches import row_lengths
 
     batch = make_batch().slice(1)  # the longest row left out, so the cut is shorter than the padded width
     full = align(batch, pad_token_id=0, seq_multiple=1)
-    longest = int(real_lengths(batch).max())
+    longest = int(row_lengths(batch["attention_mask"]).max())
     assert longest < full.tokens.shape[1]
     cut = align(batch, pad_token_id=0, seq_multiple=seq_multiple, width=longest)
     width = -(-longest // seq_multiple) * seq_multiple

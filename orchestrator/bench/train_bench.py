@@ -300,8 +300,8 @@ def main(argv: list[str] | None = None) -> None:
                       if args.megatron else ""))
         append_section("Training throughput: padded vs padding removed (`baton bench train`)", command,
                        f"FSDP2{' and Megatron-core (TP = PP = 1)' if args.megatron else ''}, one rank, the tiny "
-                       f"model's shape; real lengths uniform in [1, width], {args.group_size} row(s) per prompt; median of "
-                       "the repeats, variants interleaved; MFU against the measured matmul peak.", table)
+                       f"model's shape; real lengths uniform in [1, width], {args.group_size} row(s) per prompt; "
+                       "median of the repeats, variants interleaved; MFU against the measured matmul peak.", table)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ position ids, the padding moves to the end where a causal mask keeps it out of e
 token's attention, and no padding mask is needed. The logits that predict response token t
 of row b sit at aligned position (prompt width - padding_b) + t - 1.
 
-Padding removal (`trim`): after the rotation every row's padding is a tail, so cutting the sequence to
+Padding removal (`align(..., width=)`): after the rotation every row's padding is a tail, so cutting the sequence to
 the longest real row (rounded up to `seq_multiple`) drops only columns no real token attends or is
 predicted from: the same logits at every real position, fewer FLOPs. This is compaction, not varlen
 packing: Megatron's rotary embedding numbers positions 0..T-1 for every row, so rows cannot share a
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from workers.batch import Batch
+from workers.engines.micro_batches import row_lengths
 
 
 @dataclass(frozen=True)
@@ -32,25 +33,21 @@ class AlignedBatch:
     responses: Tensor  # [B, R]
 
 
-def real_lengths(batch: Batch) -> Tensor:
-    """Real tokens per row (prompt and response), what an aligned row holds before its padding tail."""
-    return batch["attention_mask"].sum(dim=1)
-
-
 def align(batch: Batch, *, pad_token_id: int, seq_multiple: int, width: int | None = None) -> AlignedBatch:
     """`seq_multiple`: T is padded up to a multiple of it (sequence parallel splits T over TP ranks).
     `width`: cut T to this many columns (at least the longest real row; padding removal), else the
     batch's full width. Response slots past a row's end read the last column: their mask is 0."""
     ids, mask, responses = batch["input_ids"], batch["attention_mask"], batch["responses"]
     rows, full = ids.shape
-    longest = int(real_lengths(batch).max()) if rows else 0
+    lengths = row_lengths(mask)
+    longest = int(lengths.max()) if rows else 0
     if width is not None and width < longest:
         raise ValueError(f"align: width {width} cuts real tokens (the longest row has {longest})")
     width = full if width is None else min(width, full)
     lead = (mask.cumsum(dim=1) == 0).sum(dim=1)  # left padding per row
     source = (torch.arange(width)[None, :] + lead[:, None]) % full
     tokens = ids.gather(1, source)
-    tokens = torch.where(torch.arange(width)[None, :] < mask.sum(dim=1, keepdim=True), tokens,
+    tokens = torch.where(torch.arange(width)[None, :] < lengths[:, None], tokens,
                          torch.full_like(tokens, pad_token_id))
     padded = -(-width // seq_multiple) * seq_multiple
     if padded != width:

@@ -23,8 +23,9 @@ from workers.engines import LossFn, LossNorm
 from workers.engines.base import EngineMesh
 from workers.engines.fsdp2.spec import OptimSpec
 from workers.engines.megatron import checkpoint
-from workers.engines.megatron.batching import align, real_lengths, response_logits
+from workers.engines.megatron.batching import align, response_logits
 from workers.engines.megatron.cpu_shims import apply_cpu_shims
+from workers.engines.micro_batches import row_lengths
 from workers.engines.megatron.export import MegatronWeightExport
 from workers.engines.megatron.logprobs import vocab_parallel_log_probs
 from workers.engines.megatron.model import build_stage, decoder_shape, hf_config_dict, load_hf_weights, transformer_config
@@ -117,14 +118,13 @@ class MegatronEngine(OffloadsWithOffloader):
         self._check_same_rows(batch)
         order = None
         if self.spec.remove_padding:  # similar lengths share a micro-batch, so each is cut short
-            order = torch.sort(real_lengths(batch), descending=True, stable=True).indices
+            order = torch.sort(row_lengths(batch["attention_mask"]), descending=True, stable=True).indices
             batch = batch.index(order)
         micro = self._micro_batches(batch, micro_batch_size)
         widths = [None] * len(micro)
         if self.spec.remove_padding:
-            # the pipeline's stages exchange one activation shape: every micro-batch gets the longest row's
-            widths = ([int(real_lengths(mb).max()) for mb in micro] if g.pp_size == 1
-                      else [int(real_lengths(batch).max())] * len(micro))
+            # the pipeline's stages exchange one activation shape: under PP every micro-batch gets the batch's longest
+            widths = [int(row_lengths((mb if g.pp_size == 1 else batch)["attention_mask"]).max()) for mb in micro]
         aligned = [align(mb, pad_token_id=self.fill_token_id, seq_multiple=g.tp_size if g.sequence_parallel else 1,
                          width=w) for mb, w in zip(micro, widths)]
         vocab_start = g.tp_rank * (self.shape.padded_vocab(g.tp_size) // g.tp_size)
